@@ -1,0 +1,244 @@
+"""Download OpenAI's GPT-2 checkpoints and the course's data sets, and read checkpoints into numpy.
+
+Every download in the course goes through `download_file`, so they all behave the same way:
+a file that is already complete costs no network request, a broken transfer resumes where it
+stopped, and a file only ever appears under its final name once its size (and SHA-256, where we
+know it) has been checked. Machines without web access set ``GPT2_MIRROR`` to a folder (or an
+http(s) base URL) holding copies laid out as ``HOST/PATH``; the rest of the code path is unchanged.
+
+Shell use:  python gpt_download.py 124M [--models-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_MODELS_DIR = DATA_DIR / "gpt2"
+
+MODEL_SIZES = ("124M", "355M", "774M", "1558M")
+MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+BACKUP_MODELS_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
+CHECKPOINT_FILES = (
+    "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index", "model.ckpt.meta", "vocab.bpe",
+)
+# The BPE files are the same in every model folder; tiktoken pins these hashes too.
+BPE_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+# The public files the chapters train and fine-tune on: name -> (url, sha256).
+DATA_FILES = {
+    "the-verdict.txt": (
+        "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
+        "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+    ),
+    "tinyshakespeare.txt": (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+    "instruction-data.json": (
+        "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
+        "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+    ),
+    # UCI serves a zip whose bytes may change between repacks, so no hash for it:
+    # check the extracted SMSSpamCollection instead.
+    "sms_spam_collection.zip": (
+        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip", None,
+    ),
+}
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message says which URL and what to do about it."""
+
+
+def mirror_url(url: str) -> str:
+    """Return where `url` is really fetched from: itself, or its copy under ``GPT2_MIRROR``."""
+    mirror = os.environ.get("GPT2_MIRROR")
+    if not mirror:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    relative = parts.netloc + parts.path
+    if mirror.startswith(("http://", "https://")):
+        return mirror.rstrip("/") + "/" + relative
+    local = Path(mirror).expanduser().resolve() / urllib.parse.unquote(relative)
+    return local.as_uri()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: str | Path, sha256: str | None = None,
+                  backup_url: str | None = None) -> Path:
+    """Download `url` to `dest` (resuming, verified, atomic) and return `dest`.
+
+    Makes no request when `dest` already exists (and matches `sha256`, if given).
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if sha256 is None or sha256_of(dest) == sha256:
+            return dest
+        dest.unlink()  # a stale or damaged copy: fetch it again
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    failures = []
+    for candidate in [url] + ([backup_url] if backup_url else []):
+        source = mirror_url(candidate)
+        try:
+            _fetch(source, partial, label=dest.name)
+            break
+        except DownloadError as err:
+            failures.append(f"{source}: {err}")
+    else:
+        raise DownloadError(_explain_failure(url, dest, failures))
+    if sha256 is not None and (actual := sha256_of(partial)) != sha256:
+        partial.unlink()
+        raise DownloadError(
+            f"{source} gave a file whose SHA-256 is {actual}, not the expected {sha256}. "
+            "It was deleted; check the mirror or the URL and try again."
+        )
+    os.replace(partial, dest)
+    return dest
+
+
+def _explain_failure(url: str, dest: Path, failures: list[str]) -> str:
+    tried = "\n".join(f"  - {line}" for line in failures)
+    return (
+        f"Could not download {url}\n{tried}\n"
+        "Without internet access, set GPT2_MIRROR to a folder or http(s) URL holding a copy laid "
+        "out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror), or put the file at "
+        f"{dest} by hand."
+    )
+
+
+def _fetch(url: str, partial: Path, label: str) -> None:
+    """Append the rest of `url` to `partial`; raise DownloadError unless it ends complete."""
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # our partial file is no prefix of theirs: start over
+            partial.unlink()
+            return _fetch(url, partial, label)
+        raise DownloadError(f"HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise DownloadError(f"unreachable ({getattr(err, 'reason', err)})") from err
+    with response:
+        if response.status != 206:  # full content (file:// has no status): restart
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(partial, "ab" if have else "wb") as out, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=label, leave=False
+        ) as bar:
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as err:
+                raise DownloadError(
+                    f"connection lost after {out.tell()} bytes ({err!r}); call again to resume"
+                ) from err
+    size = partial.stat().st_size
+    if total is not None and size != total:
+        raise DownloadError(f"got {size} of {total} bytes; call again to resume")
+
+
+def fetch_data(name: str, data_dir: str | Path = DATA_DIR) -> Path:
+    """Download one of the course's data files (see DATA_FILES) into `data_dir`."""
+    if name not in DATA_FILES:
+        raise ValueError(f"Unknown data file {name!r}; the course has: {', '.join(DATA_FILES)}")
+    url, sha256 = DATA_FILES[name]
+    return download_file(url, Path(data_dir) / name, sha256=sha256)
+
+
+def download_gpt2_files(model_size: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
+    """Fetch the seven files of one GPT-2 size and return the folder that holds them."""
+    if model_size not in MODEL_SIZES:
+        raise ValueError(f"Unknown model size {model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    model_dir = Path(models_dir) / model_size
+    for name in CHECKPOINT_FILES:
+        download_file(f"{MODELS_URL}/{model_size}/{name}", model_dir / name,
+                      sha256=BPE_SHA256.get(name),
+                      backup_url=f"{BACKUP_MODELS_URL}/{model_size}/{name}")
+    return model_dir
+
+
+def download_and_load_gpt2(model_size: str, models_dir: str | Path = DEFAULT_MODELS_DIR
+                           ) -> tuple[dict, dict]:
+    """Download (if needed) and read one GPT-2 size: returns (settings, params).
+
+    settings is OpenAI's hparams.json; params holds numpy arrays in the layout that
+    `gpt2.load_weights_into_gpt` expects (see `load_gpt2_params_from_tf_ckpt`).
+    """
+    model_dir = download_gpt2_files(model_size, models_dir)
+    settings = json.loads((model_dir / "hparams.json").read_text())
+    params = load_gpt2_params_from_tf_ckpt(str(model_dir / "model.ckpt"), settings)
+    return settings, params
+
+
+def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
+    """Read a TensorFlow GPT-2 checkpoint into nested dicts of numpy arrays.
+
+    OpenAI names variables like ``model/h3/attn/c_attn/w``; we drop the ``model/`` prefix,
+    gather ``hN/...`` under ``params["blocks"][N]`` and nest the rest by name, so
+    ``params["blocks"][3]["attn"]["c_attn"]["w"]`` is that array (squeezed: [d, 3d]).
+    """
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise ImportError("Reading OpenAI's checkpoints needs TensorFlow: pip install tensorflow") from err
+    reader = tf.train.load_checkpoint(ckpt_path)
+    params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
+    for name in sorted(reader.get_variable_to_shape_map()):
+        keys = name.split("/")[1:]  # drop the leading "model"
+        target = params
+        if keys[0].startswith("h") and keys[0][1:].isdigit():
+            target = params["blocks"][int(keys[0][1:])]
+            keys = keys[1:]
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = np.squeeze(reader.get_tensor(name))
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Download one of OpenAI's GPT-2 checkpoints.")
+    parser.add_argument("model_size", choices=MODEL_SIZES, help="which GPT-2 to fetch")
+    parser.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, type=Path,
+                        help="parent folder; files land in MODELS_DIR/MODEL_SIZE (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        model_dir = download_gpt2_files(args.model_size, args.models_dir)
+    except DownloadError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"GPT-2 {args.model_size} is complete in {model_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
