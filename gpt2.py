@@ -174,6 +174,9 @@ def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, s
                          num_workers: int = 0) -> DataLoader:
     """A DataLoader of (inputs, targets) batches of shape (batch_size, max_length)."""
     dataset = GPTDatasetV1(txt, get_tokenizer(), max_length, stride)
+    if len(dataset) == 0:
+        raise ValueError(f"the text has {len(dataset.token_ids)} tokens, too few for one window of "
+                         f"max_length={max_length} plus its target; use more text or a smaller max_length")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers)
 

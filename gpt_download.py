@@ -203,9 +203,10 @@ def download_and_load_gpt2(model_size: str, models_dir: str | Path = DEFAULT_MOD
 def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
     """Read a TensorFlow GPT-2 checkpoint into nested dicts of numpy arrays.
 
-    OpenAI names variables like ``model/h3/attn/c_attn/w``; we drop the ``model/`` prefix,
-    gather ``hN/...`` under ``params["blocks"][N]`` and nest the rest by name, so
-    ``params["blocks"][3]["attn"]["c_attn"]["w"]`` is that array (squeezed: [d, 3d]).
+    OpenAI names variables like ``model/h3/attn/c_attn/w``. As in the book, the first name
+    after ``model/`` picks the place (``hN`` -> ``params["blocks"][N]``, anything else -> the
+    top level) and the rest nests inside it, so ``params["blocks"][3]["attn"]["c_attn"]["w"]``
+    is that array (squeezed to [d, 3d]), and ``model/ln_f/g`` becomes ``params["g"]``.
     """
     try:
         import tensorflow as tf
@@ -214,14 +215,13 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
     reader = tf.train.load_checkpoint(ckpt_path)
     params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
     for name in sorted(reader.get_variable_to_shape_map()):
-        keys = name.split("/")[1:]  # drop the leading "model"
+        scope, *keys = name.split("/")[1:]  # drop the leading "model"
         target = params
-        if keys[0].startswith("h") and keys[0][1:].isdigit():
-            target = params["blocks"][int(keys[0][1:])]
-            keys = keys[1:]
+        if scope.startswith("h") and scope[1:].isdigit():
+            target = params["blocks"][int(scope[1:])]
         for key in keys[:-1]:
             target = target.setdefault(key, {})
-        target[keys[-1]] = np.squeeze(reader.get_tensor(name))
+        target[keys[-1] if keys else scope] = np.squeeze(reader.get_tensor(name))
     return params
 
 

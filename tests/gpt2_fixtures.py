@@ -1,0 +1,144 @@
+"""Test fixtures shared by the tests and the benchmarks.
+
+- `random_tf_variables`: GPT-2 weights with OpenAI's exact TensorFlow variable names and shapes.
+- `nest_params`: the same arrays in the nested layout gpt_download returns (written
+  independently of gpt_download, so tests of the loader are not tests of itself).
+- `write_tf_checkpoint`: a real TF1-format checkpoint folder, the seven files OpenAI ships.
+- `MirrorServer`: a loopback HTTP mirror (HOST/PATH layout) that can fail on purpose.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+BPE_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/encodings/main"
+
+
+def bpe_dir() -> Path:
+    """A folder holding GPT-2's verified encoder.json and vocab.bpe (found or downloaded)."""
+    import gpt2
+    return gpt2._find_bpe_files(None)
+
+
+def tiny_hparams(n_vocab: int = 50257, n_ctx: int = 64, n_embd: int = 32, n_head: int = 4,
+                 n_layer: int = 2) -> dict:
+    return {"n_vocab": n_vocab, "n_ctx": n_ctx, "n_embd": n_embd, "n_head": n_head,
+            "n_layer": n_layer}
+
+
+def random_tf_variables(hparams: dict, seed: int = 0, scale: float = 0.1) -> dict[str, np.ndarray]:
+    """{TF variable name: float32 array} shaped exactly like OpenAI's GPT-2 checkpoint."""
+    rng = np.random.default_rng(seed)
+    d, d4 = hparams["n_embd"], 4 * hparams["n_embd"]
+
+    def normal(*shape, mean=0.0):
+        return (mean + scale * rng.standard_normal(shape)).astype(np.float32)
+
+    variables = {"model/wte": normal(hparams["n_vocab"], d), "model/wpe": normal(hparams["n_ctx"], d),
+                 "model/ln_f/g": normal(d, mean=1.0), "model/ln_f/b": normal(d)}
+    for i in range(hparams["n_layer"]):
+        h = f"model/h{i}"
+        variables.update({
+            f"{h}/ln_1/g": normal(d, mean=1.0), f"{h}/ln_1/b": normal(d),
+            f"{h}/attn/c_attn/w": normal(1, d, 3 * d), f"{h}/attn/c_attn/b": normal(3 * d),
+            f"{h}/attn/c_proj/w": normal(1, d, d), f"{h}/attn/c_proj/b": normal(d),
+            f"{h}/ln_2/g": normal(d, mean=1.0), f"{h}/ln_2/b": normal(d),
+            f"{h}/mlp/c_fc/w": normal(1, d, d4), f"{h}/mlp/c_fc/b": normal(d4),
+            f"{h}/mlp/c_proj/w": normal(1, d4, d), f"{h}/mlp/c_proj/b": normal(d),
+        })
+    return variables
+
+
+def nest_params(variables: dict[str, np.ndarray], n_layer: int) -> dict:
+    """OpenAI's flat names -> the book's nested params: blocks[i]["attn"]["c_attn"]["w"], "g", ..."""
+    params: dict = {"blocks": [{} for _ in range(n_layer)]}
+    for name, array in variables.items():
+        first, *rest = name.split("/")[1:]
+        if first[0] == "h" and first[1:].isdigit():
+            node = params["blocks"][int(first[1:])]
+        else:  # wte, wpe and ln_f's g, b sit at the top level
+            node = params
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1] if rest else first] = np.squeeze(array, axis=0) if array.ndim == 3 else array
+    return params
+
+
+def write_tf_checkpoint(model_dir: Path, hparams: dict, variables: dict[str, np.ndarray]) -> Path:
+    """Write OpenAI's seven files for a model into `model_dir` with TensorFlow's TF1 Saver."""
+    import tensorflow as tf
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        for name, array in variables.items():
+            tf.compat.v1.Variable(array, name=name)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver.save(session, str(model_dir / "model.ckpt"))
+    (model_dir / "hparams.json").write_text(json.dumps(hparams))
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(bpe_dir() / name, model_dir / name)
+    return model_dir
+
+
+class MirrorServer:
+    """Serves `root` (laid out as HOST/PATH) on 127.0.0.1, with Range requests and faults.
+
+    `faults[path] = "404" | "cut" | "corrupt"` makes the next request for that path fail:
+    not found, the connection closed halfway through the body, or wrong bytes of the right
+    length. "cut" and "corrupt" happen once; "404" stays. `requests` logs (path, Range header).
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.faults: dict[str, str] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self):
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                path = self.path.lstrip("/")
+                mirror.requests.append((path, self.headers.get("Range")))
+                fault = mirror.faults.get(path)
+                file = mirror.root / path
+                if fault == "404" or not file.is_file():
+                    self.send_error(404)
+                    return
+                if fault in ("cut", "corrupt"):
+                    del mirror.faults[path]
+                body = file.read_bytes()
+                start = int(self.headers["Range"][6:].split("-")[0]) if self.headers["Range"] else 0
+                if fault == "corrupt":
+                    body = bytes(len(body))
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if fault == "cut":
+                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        return Handler

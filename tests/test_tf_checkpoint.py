@@ -1,0 +1,63 @@
+"""The whole path from OpenAI's file format to logits: a tiny checkpoint written by TensorFlow
+with OpenAI's variable names, served by a loopback mirror, downloaded with
+download_and_load_gpt2 and loaded with load_weights_into_gpt."""
+import numpy as np
+import torch
+
+import gpt2
+import gpt_download
+from gpt2_fixtures import random_tf_variables, tiny_hparams, write_tf_checkpoint
+
+MODELS_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/models"
+
+
+def reference_logits(variables: dict, hparams: dict, idx: np.ndarray) -> np.ndarray:
+    """GPT-2's forward pass in plain numpy, straight from OpenAI's flat arrays."""
+    def norm(x, prefix):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-5) * variables[f"{prefix}/g"] + variables[f"{prefix}/b"]
+
+    def dense(x, prefix):
+        return x @ variables[f"{prefix}/w"][0] + variables[f"{prefix}/b"]
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    t, heads = idx.shape[0], hparams["n_head"]
+    x = variables["model/wte"][idx] + variables["model/wpe"][:t]
+    causal = np.triu(np.full((t, t), -np.inf), k=1)
+    for i in range(hparams["n_layer"]):
+        h = f"model/h{i}"
+        q, k, v = np.split(dense(norm(x, f"{h}/ln_1"), f"{h}/attn/c_attn"), 3, axis=-1)
+        q, k, v = (m.reshape(t, heads, -1).transpose(1, 0, 2) for m in (q, k, v))
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1]) + causal
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        merged = (weights @ v).transpose(1, 0, 2).reshape(t, -1)
+        x = x + dense(merged, f"{h}/attn/c_proj")
+        x = x + dense(gelu(dense(norm(x, f"{h}/ln_2"), f"{h}/mlp/c_fc")), f"{h}/mlp/c_proj")
+    return norm(x, "model/ln_f") @ variables["model/wte"].T
+
+
+def test_checkpoint_from_mirror_gives_reference_logits(tmp_path, mirror_server, monkeypatch):
+    hparams = tiny_hparams(n_vocab=50257, n_ctx=32, n_embd=48, n_head=6, n_layer=2)
+    variables = random_tf_variables(hparams, seed=3)
+    write_tf_checkpoint(mirror_server.root / MODELS_HOST_PATH / "124M", hparams, variables)
+    monkeypatch.setenv("GPT2_MIRROR", mirror_server.url)
+
+    settings, params = gpt_download.download_and_load_gpt2("124M", tmp_path / "models")
+    assert settings == hparams
+    assert len(mirror_server.requests) == len(gpt_download.CHECKPOINT_FILES)
+    model = gpt2.GPTModel(gpt2.config_from_hparams(settings))
+    gpt2.load_weights_into_gpt(model, params)
+    model.eval()
+
+    idx = np.random.default_rng(0).integers(0, hparams["n_vocab"], size=20)
+    with torch.no_grad():
+        ours = model(torch.tensor(idx)[None])[0].numpy()
+    expected = reference_logits({k: v.astype(np.float64) for k, v in variables.items()}, hparams, idx)
+    assert np.abs(ours - expected).max() < 1e-4
+    assert model.out_head.weight is model.tok_emb.weight  # tied, not a copy
+
+    gpt_download.download_and_load_gpt2("124M", tmp_path / "models")
+    assert len(mirror_server.requests) == len(gpt_download.CHECKPOINT_FILES)  # nothing refetched
