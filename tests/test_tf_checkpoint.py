@@ -1,6 +1,8 @@
 """The whole path from OpenAI's file format to logits: a tiny checkpoint written by TensorFlow
 with OpenAI's variable names, served by a loopback mirror, downloaded with
 download_and_load_gpt2 and loaded with load_weights_into_gpt."""
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -61,3 +63,24 @@ def test_checkpoint_from_mirror_gives_reference_logits(tmp_path, mirror_server, 
 
     gpt_download.download_and_load_gpt2("124M", tmp_path / "models")
     assert len(mirror_server.requests) == len(gpt_download.CHECKPOINT_FILES)  # nothing refetched
+
+
+def test_shell_download_command(tmp_path, mirror_server):
+    """`python gpt_download.py 124M` fetches the seven files, or explains why it cannot."""
+    import os
+    import subprocess
+    import sys
+    hparams = tiny_hparams()
+    write_tf_checkpoint(mirror_server.root / MODELS_HOST_PATH / "124M", hparams,
+                        random_tf_variables(hparams))
+    script = [sys.executable, str(Path(gpt_download.__file__)), "124M", "--models-dir", str(tmp_path)]
+
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "GPT2_MIRROR": mirror_server.url})
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == sorted(gpt_download.CHECKPOINT_FILES)
+
+    failed = subprocess.run(script[:2] + ["355M", "--models-dir", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "GPT2_MIRROR": mirror_server.url})
+    assert failed.returncode == 1 and "models/355M/checkpoint" in failed.stderr
+    assert "Traceback" not in failed.stderr
