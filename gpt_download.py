@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.parse
@@ -191,41 +192,128 @@ def download_and_load_gpt2(model_size: str, models_dir: str | Path = DEFAULT_MOD
                            ) -> tuple[dict, dict]:
     """Download (if needed) and read one GPT-2 size: returns (settings, params).
 
-    settings is OpenAI's hparams.json; params holds numpy arrays in the layout that
-    `gpt2.load_weights_into_gpt` expects (see `load_gpt2_params_from_tf_ckpt`).
+    settings is OpenAI's hparams.json; params holds numpy arrays in the book's layout, which
+    `gpt2.load_weights_into_gpt` expects (see `load_gpt2_params_from_tf_ckpt`). The first call
+    converts the TensorFlow checkpoint into a cache beside it (`convert_checkpoint`); every
+    call reads the arrays from that cache, mapped from disk rather than copied into memory.
     """
     model_dir = download_gpt2_files(model_size, models_dir)
     settings = json.loads((model_dir / "hparams.json").read_text())
-    params = load_gpt2_params_from_tf_ckpt(str(model_dir / "model.ckpt"), settings)
+    cache = model_dir / PARAMS_CACHE
+    if not cache.exists():
+        convert_checkpoint(model_dir)
+    params = _empty_params(settings)
+    for name, array in read_params_cache(cache).items():
+        _place(params, name, array)
     return settings, params
 
 
 def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
-    """Read a TensorFlow GPT-2 checkpoint into nested dicts of numpy arrays.
+    """Read a TensorFlow GPT-2 checkpoint, with TensorFlow's own reader, into numpy arrays.
 
     OpenAI names variables like ``model/h3/attn/c_attn/w``. As in the book, the first name
     after ``model/`` picks the place (``hN`` -> ``params["blocks"][N]``, anything else -> the
     top level) and the rest nests inside it, so ``params["blocks"][3]["attn"]["c_attn"]["w"]``
     is that array (squeezed to [d, 3d]), and ``model/ln_f/g`` becomes ``params["g"]``.
     """
+    reader = _tf_reader(ckpt_path)
+    params = _empty_params(settings)
+    for name in sorted(reader.get_variable_to_shape_map()):
+        _place(params, name, reader.get_tensor(name))
+    return params
+
+
+def _empty_params(settings: dict) -> dict:
+    return {"blocks": [{} for _ in range(settings["n_layer"])]}
+
+
+def _place(params: dict, name: str, array: np.ndarray) -> None:
+    """Put one checkpoint variable, squeezed, where the book's params layout keeps it."""
+    scope, *keys = name.split("/")[1:]  # drop the leading "model"
+    target = params
+    if scope.startswith("h") and scope[1:].isdigit():
+        target = params["blocks"][int(scope[1:])]
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1] if keys else scope] = np.squeeze(array)
+
+
+def _tf_reader(ckpt_path: str):
     try:
         import tensorflow as tf
     except ImportError as err:
         raise ImportError("Reading OpenAI's checkpoints needs TensorFlow: pip install tensorflow") from err
-    reader = tf.train.load_checkpoint(ckpt_path)
-    params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
-    for name in sorted(reader.get_variable_to_shape_map()):
-        scope, *keys = name.split("/")[1:]  # drop the leading "model"
-        target = params
-        if scope.startswith("h") and scope[1:].isdigit():
-            target = params["blocks"][int(scope[1:])]
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-        target[keys[-1] if keys else scope] = np.squeeze(reader.get_tensor(name))
-    return params
+    return tf.train.load_checkpoint(ckpt_path)
+
+
+# The converted checkpoint kept beside OpenAI's files, in the safetensors format: an 8-byte
+# header length, a JSON header (name -> dtype, shape, byte offsets), then the raw arrays.
+PARAMS_CACHE = "model.safetensors"
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "int32": "I32",
+                       "int64": "I64"}
+
+
+def convert_checkpoint(model_dir: str | Path) -> Path:
+    """Convert OpenAI's TensorFlow checkpoint in `model_dir` into PARAMS_CACHE beside it.
+
+    TensorFlow's reader does the reading, in a child process: importing TensorFlow alone
+    takes several seconds and ~650 MB, which the child gives back when it ends, and later
+    loads need no TensorFlow at all.
+    """
+    model_dir = Path(model_dir)
+    child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert",
+                            str(model_dir)], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"Converting the checkpoint in {model_dir} failed:\n"
+                           f"{child.stderr.strip()[-2000:]}")
+    return model_dir / PARAMS_CACHE
+
+
+def _write_params_cache(model_dir: Path) -> None:
+    """The child's side of convert_checkpoint: stream every variable into the cache file."""
+    reader = _tf_reader(str(model_dir / "model.ckpt"))
+    names = sorted(reader.get_variable_to_shape_map())
+    dtypes = {name: np.dtype(dtype.as_numpy_dtype)
+              for name, dtype in reader.get_variable_to_dtype_map().items()}
+    header, offset = {}, 0
+    for name in names:
+        shape = reader.get_variable_to_shape_map()[name]
+        size = int(np.prod(shape)) * dtypes[name].itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtypes[name].name], "shape": shape,
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)  # keep the arrays 8-byte aligned
+    partial = model_dir / (PARAMS_CACHE + ".part")
+    with open(partial, "wb") as out:
+        out.write(len(blob).to_bytes(8, "little") + blob)
+        for name in names:  # one array in memory at a time
+            out.write(np.ascontiguousarray(reader.get_tensor(name), dtypes[name].newbyteorder("<")))
+    os.replace(partial, model_dir / PARAMS_CACHE)
+
+
+def read_params_cache(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a PARAMS_CACHE file, mapped from disk: nothing is read until used."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+    numpy_dtypes = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
+    data = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_size)  # copy-on-write
+    arrays = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        dtype = np.dtype(numpy_dtypes[entry["dtype"]]).newbyteorder("<")
+        arrays[name] = data[start:end].view(dtype).reshape(entry["shape"])
+    return arrays
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--convert"]:  # the child process of convert_checkpoint
+        _write_params_cache(Path(argv[1]))
+        return 0
     parser = argparse.ArgumentParser(description="Download one of OpenAI's GPT-2 checkpoints.")
     parser.add_argument("model_size", choices=MODEL_SIZES, help="which GPT-2 to fetch")
     parser.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, type=Path,

@@ -64,6 +64,26 @@ def test_checkpoint_from_mirror_gives_reference_logits(tmp_path, mirror_server, 
     gpt_download.download_and_load_gpt2("124M", tmp_path / "models")
     assert len(mirror_server.requests) == len(gpt_download.CHECKPOINT_FILES)  # nothing refetched
 
+    pretrained = gpt2.load_pretrained_gpt2("124M", tmp_path / "models")
+    with torch.no_grad():
+        assert torch.equal(pretrained(torch.tensor(idx)[None])[0], torch.tensor(ours))
+
+
+def test_cache_holds_exactly_what_tensorflow_reads(tmp_path):
+    """The converted cache and TensorFlow's own reader give the same arrays, bit for bit."""
+    hparams = tiny_hparams(n_vocab=50257, n_ctx=16, n_embd=32, n_head=4, n_layer=3)
+    model_dir = write_tf_checkpoint(tmp_path / "124M", hparams, random_tf_variables(hparams, seed=4))
+    cached = gpt_download.read_params_cache(gpt_download.convert_checkpoint(model_dir))
+    by_tf = gpt_download.load_gpt2_params_from_tf_ckpt(str(model_dir / "model.ckpt"), hparams)
+    assert len(cached) == 4 + 12 * hparams["n_layer"]
+    for name, array in cached.items():
+        node = by_tf
+        scope, *keys = name.split("/")[1:]
+        node = node["blocks"][int(scope[1:])] if scope[1:].isdigit() else node
+        for key in keys[:-1]:
+            node = node[key]
+        assert np.array_equal(np.squeeze(array), node[keys[-1] if keys else scope]), name
+
 
 def test_shell_download_command(tmp_path, mirror_server):
     """`python gpt_download.py 124M` fetches the seven files, or explains why it cannot."""
