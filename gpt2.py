@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import copy
 import functools
 import importlib.util
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -226,16 +228,24 @@ class MultiHeadAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
+        self.W_qkv = None  # the three fused into one, in copies made by GPTModel.for_generation
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape  # (b, t, d_out) -> (b, heads, t, head_dim)
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each (b, heads, t, head_dim)."""
+        if self.W_qkv is None:
+            return tuple(self._split_heads(layer(x))
+                         for layer in (self.W_query, self.W_key, self.W_value))
+        b, t, _ = x.shape  # one matrix multiply instead of three: (b, t, 3 * d_out)
+        qkv = self.W_qkv(x).view(b, t, 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        queries = self._split_heads(self.W_query(x))
-        keys = self._split_heads(self.W_key(x))
-        values = self._split_heads(self.W_value(x))
+        queries, keys, values = self._project(x)
         past = 0
         if cache is not None:
             past = cache.length
@@ -300,6 +310,76 @@ class TransformerBlock(nn.Module):
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
+# Number formats a model can be prepared to generate in (GPTModel.for_generation).
+GENERATION_DTYPES = ("fp32", "bf16", "int8")
+
+
+class PackedLinear(nn.Module):
+    """A frozen Linear layer for generation, its weight stored the way this CPU reads it fastest.
+
+    Generating one token multiplies a single vector by every weight matrix, so a step costs
+    about the time a kernel takes to go through all the weights once. Which kernel and layout
+    do that fastest depends on the number format (bench/generate.py measures them):
+    - fp32: the weight transposed to [in, out] for addmm: ~20% faster than nn.Linear's
+      [out, in], and as fast as this machine's memory delivers the bytes;
+    - bf16: half the bytes, kept [out, in] for the matrix-vector kernel (addmv), ~25% faster
+      on a single vector than the matrix-matrix one (which prompts still use);
+    - int8: a quarter of the bytes. Each output row is rounded to int8 with its own scale
+      (its largest |weight| / 127), and PyTorch's dynamic quantization kernel (FBGEMM)
+      rounds each input vector to 8 bits on the fly, multiplies in integers and scales the
+      result back to fp32. On this CPU that beats a weight-only int8 kernel by ~30%.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str):
+        super().__init__()  # weight: (out, in) as in nn.Linear
+        self.dtype = dtype
+        weight = weight.detach().float()
+        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
+        if dtype == "int8":
+            self.packed = _pack_int8(weight, bias)
+            return
+        if dtype == "bf16":
+            weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+        else:
+            weight = weight.t().contiguous()  # (in, out)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)  # zeros for a layer without one
+
+    @classmethod
+    def from_linears(cls, layers: list[nn.Linear], dtype: str) -> PackedLinear:
+        """One layer computing all of `layers` side by side (outputs concatenated)."""
+        biases = [layer.bias for layer in layers]
+        bias = None if biases[0] is None else torch.cat(biases)
+        return cls(torch.cat([layer.weight for layer in layers]), bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
+        if self.dtype == "fp32":
+            out = torch.addmm(self.bias, rows, self.weight)
+        elif self.dtype == "int8":
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=True)
+        elif len(rows) == 1:
+            out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
+        else:
+            out = F.linear(rows, self.weight, self.bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
+    """Weight (out, in) rounded to int8 per output row, packed with the bias for the CPU kernel.
+
+    reduce_range keeps the on-the-fly input rounding to 7 bits, which older x86 CPUs need to
+    avoid overflow (PyTorch's default there); it changed nothing measurable in quality here.
+    """
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
+    zero_points = torch.zeros(len(scale), dtype=torch.long)
+    with warnings.catch_warnings():  # PyTorch marks quantized tensors as deprecated
+        warnings.simplefilter("ignore")
+        qweight = torch.quantize_per_channel(weight, scale.double(), zero_points, axis=0,
+                                             dtype=torch.qint8)
+        return torch.ops.quantized.linear_prepack(qweight, bias)
+
+
 class GPTModel(nn.Module):
     """GPT-2: token + position embeddings, a stack of transformer blocks, a vocabulary head."""
 
@@ -331,6 +411,29 @@ class GPTModel(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
+
+    def for_generation(self, dtype: str = "fp32") -> GPTModel:
+        """A copy of this model made only to generate fast, in "fp32", "bf16" or "int8".
+
+        Each attention layer's W_query, W_key and W_value become one fused matrix and every
+        Linear a PackedLinear in the layout that multiplies fastest; with bf16 the rest of the
+        model (embeddings, norms, KV cache) runs in bf16 too, with int8 in fp32. The copy
+        cannot be trained and its state dict has other keys, which is why it is a separate
+        copy: the model you train, save and load keeps the book's layers and names.
+        """
+        if dtype not in GENERATION_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(GENERATION_DTYPES)}, got {dtype!r}")
+        if dtype == "int8" and self.tok_emb.weight.device.type != "cpu":
+            raise ValueError("int8 generation uses CPU kernels; move the model to the CPU first")
+        fast = copy.deepcopy(self).eval().requires_grad_(False)
+        for block in fast.trf_blocks:  # packed from the fp32 weights, before any rounding
+            att, ff = block.att, block.ff.layers
+            att.W_qkv = PackedLinear.from_linears([att.W_query, att.W_key, att.W_value], dtype)
+            del att.W_query, att.W_key, att.W_value
+            att.out_proj = PackedLinear.from_linears([att.out_proj], dtype)
+            ff[0], ff[2] = (PackedLinear.from_linears([ff[i]], dtype) for i in (0, 2))
+        fast.out_head = PackedLinear.from_linears([fast.out_head], dtype)
+        return fast.to(torch.bfloat16) if dtype == "bf16" else fast
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """Empty KV caches, one per block, for up to `max_len` tokens (default: the context)."""
@@ -412,7 +515,7 @@ def stream_tokens(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, conte
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     new = idx
     for _ in range(max_new_tokens):
-        logits = model(new, cache=cache, last_only=True)[:, -1]
+        logits = model(new, cache=cache, last_only=True)[:, -1].float()  # (b, vocab)
         next_id = sample_next_token(logits, temperature, top_k, top_p)
         if eos_id is not None:
             next_id[finished] = eos_id
@@ -593,9 +696,11 @@ def load_pretrained_gpt2(model_size: str = "124M", models_dir: str | Path = DEFA
                          device: torch.device | str = "cpu") -> GPTModel:
     """OpenAI's GPT-2 of one size, downloaded if needed, as a GPTModel in eval mode."""
     settings, params = gpt_download.download_and_load_gpt2(model_size, models_dir)
-    model = GPTModel(config_from_hparams(settings))
+    with torch.device("meta"):  # shapes only: no memory, no random init to overwrite
+        model = GPTModel(config_from_hparams(settings))
+    model.to_empty(device=device)  # uninitialised memory, filled by the next line
     load_weights_into_gpt(model, params)
-    return model.to(device).eval()
+    return model.eval()
 
 
 def save_checkpoint(path: str | Path, model: GPTModel,
@@ -652,6 +757,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, mps, or auto: cuda, then mps, then cpu (default: %(default)s)")
+    parser.add_argument("--dtype", default="fp32", choices=GENERATION_DTYPES,
+                        help="number format to generate in: bf16 and int8 are faster and "
+                             "nearly as good (default: %(default)s)")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are made")
     parser.add_argument("--verbose", action="store_true",
                         help="also print the device, model and generation speed")
@@ -672,6 +780,8 @@ def run_cli(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     device = get_device(args.device)
     model = load_model_for_cli(args, device)
+    n_parameters = count_parameters(model)
+    model = model.for_generation(args.dtype)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(args.prompt or ENDOFTEXT, tokenizer).to(device)
     stream = stream_tokens(model, idx, args.max_new_tokens, model.cfg["context_length"],
@@ -690,8 +800,8 @@ def run_cli(args: argparse.Namespace) -> None:
     print("".join(pieces) + decoder.decode(b"", final=True))
     if args.verbose:
         elapsed = time.perf_counter() - start
-        print(f"[{count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tokens/s on {device}, "
-              f"{count_parameters(model):,} parameters]", file=sys.stderr)
+        print(f"[{count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tokens/s on {device} "
+              f"in {args.dtype}, {n_parameters:,} parameters]", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,11 @@ def test_help_documents_every_flag():
     for flag in ("--prompt", "--model-size", "--checkpoint", "--max-new-tokens", "--temperature",
                  "--top-k", "--top-p", "--seed", "--device", "--models-dir", "--stream"):
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_smaller_number_formats_generate(dtype, tiny_checkpoint):
+    result = run("--checkpoint", str(tiny_checkpoint), "--dtype", dtype, "--max-new-tokens", "8",
+                 "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Every effort moves you") and f"in {dtype}" in result.stderr

@@ -97,3 +97,25 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     torch.manual_seed(0)
     draws = {gpt2.sample_next_token(logits, 1.0, top_p=0.8).item() for _ in range(300)}
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8; the rest is cut
+
+
+def test_fast_copy_for_generation_matches_the_model(model):
+    """for_generation repacks the weights for speed; fp32 must give the same tokens, the
+    smaller formats logits that track fp32's closely, and the original must stay as it was."""
+    idx = prompt()
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        reference = model(idx)
+    fast = model.for_generation("fp32")
+    with torch.no_grad():
+        assert torch.allclose(fast(idx), reference, atol=1e-4)
+    assert torch.equal(gpt2.generate(fast, idx, 40, CFG["context_length"]),
+                       gpt2.generate(model, idx, 40, CFG["context_length"]))
+    for dtype in ("bf16", "int8"):
+        with torch.no_grad():
+            logits = model.for_generation(dtype)(idx).float()
+        correlation = torch.corrcoef(torch.stack([logits.flatten(), reference.flatten()]))[0, 1]
+        assert correlation > 0.99, (dtype, correlation)
+    assert set(model.state_dict()) == keys and model.trf_blocks[0].att.W_qkv is None
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        model.for_generation("fp8")
