@@ -213,7 +213,11 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel."""
+    """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel.
+
+    `context_length` stays in the signature to match the book, whose version stores a causal
+    mask of that size; SDPA builds the mask itself, so nothing here needs it.
+    """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False):
@@ -222,7 +226,6 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
         self.d_out, self.num_heads = d_out, num_heads
         self.head_dim = d_out // num_heads
-        self.context_length = context_length
         self.dropout = dropout
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)

@@ -272,12 +272,13 @@ def convert_checkpoint(model_dir: str | Path) -> Path:
 def _write_params_cache(model_dir: Path) -> None:
     """The child's side of convert_checkpoint: stream every variable into the cache file."""
     reader = _tf_reader(str(model_dir / "model.ckpt"))
-    names = sorted(reader.get_variable_to_shape_map())
+    shapes = reader.get_variable_to_shape_map()
+    names = sorted(shapes)
     dtypes = {name: np.dtype(dtype.as_numpy_dtype)
               for name, dtype in reader.get_variable_to_dtype_map().items()}
     header, offset = {}, 0
     for name in names:
-        shape = reader.get_variable_to_shape_map()[name]
+        shape = shapes[name]
         size = int(np.prod(shape)) * dtypes[name].itemsize
         header[name] = {"dtype": _SAFETENSORS_DTYPES[dtypes[name].name], "shape": shape,
                         "data_offsets": [offset, offset + size]}
