@@ -126,12 +126,11 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None,
 
 def _explain_failure(url: str, dest: Path, failures: list[str]) -> str:
     tried = "\n".join(f"  - {line}" for line in failures)
-    return (
-        f"Could not download {url}\n{tried}\n"
-        "Without internet access, set GPT2_MIRROR to a folder or http(s) URL holding a copy laid "
-        "out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror), or put the file at "
-        f"{dest} by hand."
-    )
+    mirror = os.environ.get("GPT2_MIRROR")
+    advice = (f"GPT2_MIRROR is {mirror}: add the file there as HOST/PATH" if mirror else
+              "Without internet access, set GPT2_MIRROR to a folder or http(s) URL holding a "
+              "copy laid out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror)")
+    return f"Could not download {url}\n{tried}\n{advice}, or put the file at {dest} by hand."
 
 
 def _fetch(url: str, partial: Path, label: str) -> None:

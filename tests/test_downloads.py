@@ -103,6 +103,17 @@ def test_unreachable_mirror_says_what_it_tried(tmp_path, monkeypatch):
     with pytest.raises(DownloadError) as err:
         download_file(URL, tmp_path / "d.bin")
     assert "http://127.0.0.1:9/" + HOST_PATH in str(err.value)
+    assert "GPT2_MIRROR is http://127.0.0.1:9: add the file there" in str(err.value)
+
+
+def test_without_a_mirror_the_error_explains_how_to_set_one(tmp_path, monkeypatch):
+    def no_network(url, partial, label):
+        raise DownloadError("unreachable (no network)")
+
+    monkeypatch.delenv("GPT2_MIRROR", raising=False)
+    monkeypatch.setattr(gpt_download, "_fetch", no_network)  # stands in for a machine offline
+    with pytest.raises(DownloadError, match="set GPT2_MIRROR to a folder"):
+        download_file(URL, tmp_path / "d.bin")
 
 
 def test_course_data_files_download_and_pass_their_hashes(tmp_path):
