@@ -126,14 +126,12 @@ def hf_twin(model: gpt2.GPTModel):
     transposes and the concatenation.
     """
     import transformers
+    from gpt2_fixtures import hf_gpt2_config
 
     cfg = model.cfg
-    config = transformers.GPT2Config(
-        vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
-        n_layer=cfg["n_layers"], n_head=cfg["n_heads"], activation_function="gelu_new",
-        resid_pdrop=cfg["drop_rate"], embd_pdrop=cfg["drop_rate"], attn_pdrop=cfg["drop_rate"],
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=50256,
-        eos_token_id=50256, pad_token_id=50256)
+    config = hf_gpt2_config({"n_vocab": cfg["vocab_size"], "n_ctx": cfg["context_length"],
+                             "n_embd": cfg["emb_dim"], "n_layer": cfg["n_layers"],
+                             "n_head": cfg["n_heads"]}, dropout=cfg["drop_rate"])
     twin = transformers.GPT2LMHeadModel(config)
     state = {"transformer.wte.weight": model.tok_emb.weight,
              "transformer.wpe.weight": model.pos_emb.weight,

@@ -31,6 +31,20 @@ def tiny_hparams(n_vocab: int = 50257, n_ctx: int = 64, n_embd: int = 32, n_head
             "n_layer": n_layer}
 
 
+def hf_gpt2_config(hparams: dict, dropout: float = 0.0):
+    """transformers' GPT2Config for OpenAI-style hparams: GPT-2's tanh GELU and epsilon, and
+    special-token ids that exist in any vocabulary (HF checks them against its size)."""
+    import transformers
+
+    special = min(50256, hparams["n_vocab"] - 1)
+    return transformers.GPT2Config(
+        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True, bos_token_id=special, eos_token_id=special,
+        pad_token_id=special)
+
+
 def random_tf_variables(hparams: dict, seed: int = 0, scale: float = 0.1) -> dict[str, np.ndarray]:
     """{TF variable name: float32 array} shaped exactly like OpenAI's GPT-2 checkpoint."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import gpt2
-from gpt2_fixtures import nest_params, random_tf_variables, tiny_hparams
+from gpt2_fixtures import hf_gpt2_config, nest_params, random_tf_variables, tiny_hparams
 
 CONFIGS = {
     "4-heads": tiny_hparams(n_vocab=1000, n_ctx=64, n_embd=64, n_head=4, n_layer=2),
@@ -30,11 +30,7 @@ def hf_key(tf_name: str) -> str:
 
 
 def hf_model(hparams: dict, variables: dict) -> transformers.GPT2LMHeadModel:
-    config = transformers.GPT2Config(
-        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
-        n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    config = hf_gpt2_config(hparams)
     config._attn_implementation = "eager"  # plain matmul-softmax attention, not SDPA
     model = transformers.GPT2LMHeadModel(config)
     state = {hf_key(name): torch.tensor(np.squeeze(array, axis=0) if array.ndim == 3 else array)

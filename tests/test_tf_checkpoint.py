@@ -8,7 +8,7 @@ import torch
 
 import gpt2
 import gpt_download
-from gpt2_fixtures import random_tf_variables, tiny_hparams, write_tf_checkpoint
+from gpt2_fixtures import nest_params, random_tf_variables, tiny_hparams, write_tf_checkpoint
 
 MODELS_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/models"
 
@@ -76,13 +76,21 @@ def test_cache_holds_exactly_what_tensorflow_reads(tmp_path):
     cached = gpt_download.read_params_cache(gpt_download.convert_checkpoint(model_dir))
     by_tf = gpt_download.load_gpt2_params_from_tf_ckpt(str(model_dir / "model.ckpt"), hparams)
     assert len(cached) == 4 + 12 * hparams["n_layer"]
-    for name, array in cached.items():
-        node = by_tf
-        scope, *keys = name.split("/")[1:]
-        node = node["blocks"][int(scope[1:])] if scope[1:].isdigit() else node
-        for key in keys[:-1]:
-            node = node[key]
-        assert np.array_equal(np.squeeze(array), node[keys[-1] if keys else scope]), name
+    assert_same_arrays(nest_params(cached, hparams["n_layer"]), by_tf)
+
+
+def assert_same_arrays(actual, expected, path: str = "params") -> None:
+    """Two nested params structures hold the same keys and bit-identical arrays."""
+    if isinstance(expected, np.ndarray):
+        assert np.array_equal(actual, expected), path
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_arrays(a, e, f"{path}[{i}]")
+    else:
+        assert actual.keys() == expected.keys(), path
+        for key in expected:
+            assert_same_arrays(actual[key], expected[key], f"{path}[{key!r}]")
 
 
 def test_shell_download_command(tmp_path, mirror_server):
