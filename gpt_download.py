@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -293,12 +294,16 @@ def _write_params_cache(model_dir: Path) -> None:
 
 
 def read_params_cache(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of a PARAMS_CACHE file, mapped from disk: nothing is read until used."""
+    """Every array of a PARAMS_CACHE file, mapped from disk: nothing is read until used.
+
+    The mapping is copy-on-write: changing an array never changes the file.
+    """
     with open(path, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_size))
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    data = np.frombuffer(mapping, dtype=np.uint8, offset=8 + header_size)
     numpy_dtypes = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
-    data = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_size)  # copy-on-write
     arrays = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -307,6 +312,24 @@ def read_params_cache(path: str | Path) -> dict[str, np.ndarray]:
         dtype = np.dtype(numpy_dtypes[entry["dtype"]]).newbyteorder("<")
         arrays[name] = data[start:end].view(dtype).reshape(entry["shape"])
     return arrays
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Hand back the memory this process holds for a cache file `array` is mapped from.
+
+    Each page of a mapped file that has been read counts in the process's resident memory
+    until the mapping goes away, so copying a whole checkpoint into a model would hold it
+    twice. Calling this after each copy keeps one array's worth at most: the pages stay in
+    the system's file cache and are mapped again if read again. Any change made to an array
+    of the cache (copy-on-write) is dropped with them. Other arrays are left alone.
+    """
+    owner = array
+    while isinstance(owner, np.ndarray):  # views point back to the array over the mapping
+        owner = owner.base
+    if isinstance(owner, memoryview):  # ... which numpy holds through a memoryview
+        owner = owner.obj
+    if isinstance(owner, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):  # not on Windows
+        owner.madvise(mmap.MADV_DONTNEED)
 
 
 def main(argv: list[str] | None = None) -> int:

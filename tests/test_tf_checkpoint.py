@@ -4,6 +4,7 @@ download_and_load_gpt2 and loaded with load_weights_into_gpt."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import gpt2
@@ -112,3 +113,37 @@ def test_shell_download_command(tmp_path, mirror_server):
                             text=True, timeout=120, env={**os.environ, "GPT2_MIRROR": mirror_server.url})
     assert failed.returncode == 1 and "models/355M/checkpoint" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def resident_file_pages_mb() -> float:
+    """RssFile of this process: pages of mapped files it holds in memory (Linux only)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
+    """Reading a mapped array costs resident memory until release_pages; the values survive."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    arrays = {"model/wte": rng.standard_normal((4096, 1024), dtype=np.float32),  # 16 MiB
+              "model/wpe": rng.standard_normal((64, 32), dtype=np.float32)}
+    save_file(arrays, tmp_path / gpt_download.PARAMS_CACHE)
+    cached = gpt_download.read_params_cache(tmp_path / gpt_download.PARAMS_CACHE)
+    wte = cached["model/wte"]
+
+    before = resident_file_pages_mb()
+    copied = torch.as_tensor(wte.T).clone()  # read every page, as load_weights_into_gpt does
+    after_copy = resident_file_pages_mb()
+    gpt_download.release_pages(wte.T)
+    released = resident_file_pages_mb()
+
+    assert after_copy - before > 12
+    assert after_copy - released > 12
+    assert np.array_equal(wte, arrays["model/wte"]) and torch.equal(copied, torch.as_tensor(wte.T))
+    plain = arrays["model/wpe"].copy()
+    gpt_download.release_pages(plain)  # not mapped: left alone
+    assert np.array_equal(plain, arrays["model/wpe"])
