@@ -212,8 +212,30 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout, with the CPU's mask drawn by torch.rand (what nn.Dropout does, faster).
+
+    On the CPU, PyTorch draws dropout masks with bernoulli_, about twice as slow as rand:
+    with the ~57 million numbers a GPT-2 124M training step drops out (batch 4 x 256), the
+    difference was ~5% of an fp32 step here (bench/train.py). GPUs fuse dropout into one
+    kernel, so they keep F.dropout.
+    """
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    keep = torch.rand(x.shape).ge_(p).div_(1 - p)  # 1 / (1 - p) where kept, 0 where dropped
+    return x * keep.to(x.dtype)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout computed by `dropout` above: same p, same train/eval behaviour."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel.
+    """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel
+    (except when training on the CPU, see `_attend_with_dropout`).
 
     `context_length` stays in the signature to match the book, whose version stores a causal
     mask of that size; SDPA builds the mask itself, so nothing here needs it.
@@ -253,14 +275,30 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             past = cache.length
             keys, values = cache.append(keys, values)
-        mask = None
-        if past and t > 1:  # new tokens see all cached ones and the new ones before them
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        context = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask, is_causal=(past == 0 and t > 1),
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (b, heads, t, head_dim)
+        if self.training and self.dropout and cache is None and x.device.type == "cpu":
+            context = self._attend_with_dropout(queries, keys, values)
+        else:
+            mask = None
+            if past and t > 1:  # new tokens see all cached ones and the new ones before them
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+            context = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=mask, is_causal=(past == 0 and t > 1),
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (b, heads, t, head_dim)
         return self.out_proj(context.transpose(1, 2).reshape(b, t, self.d_out))
+
+    def _attend_with_dropout(self, queries: torch.Tensor, keys: torch.Tensor,
+                             values: torch.Tensor) -> torch.Tensor:
+        """Chapter 2's causal attention, step by step: the fastest way to train on a CPU.
+
+        SDPA's CPU kernel cannot apply dropout, so with dropout it falls back to these same
+        steps, plus extra passes over the (t, t) scores and PyTorch's slower dropout mask.
+        """
+        t = queries.shape[2]
+        scores = (queries * self.head_dim ** -0.5) @ keys.transpose(2, 3)  # (b, heads, t, t)
+        future = torch.ones(t, t, dtype=torch.bool, device=queries.device).triu_(1)
+        weights = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+        return dropout(weights, self.dropout) @ values  # (b, heads, t, head_dim)
 
 
 class LayerNorm(nn.Module):
@@ -306,7 +344,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"])
         self.norm2 = LayerNorm(cfg["emb_dim"])
-        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+        self.drop_shortcut = Dropout(cfg["drop_rate"])
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
@@ -351,9 +389,12 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_linears(cls, layers: list[nn.Linear], dtype: str) -> PackedLinear:
         """One layer computing all of `layers` side by side (outputs concatenated)."""
+        def side_by_side(tensors):  # cat copies even a single tensor: the head is 147 MiB
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
         biases = [layer.bias for layer in layers]
-        bias = None if biases[0] is None else torch.cat(biases)
-        return cls(torch.cat([layer.weight for layer in layers]), bias, dtype)
+        bias = None if biases[0] is None else side_by_side(biases)
+        return cls(side_by_side([layer.weight for layer in layers]), bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
@@ -391,7 +432,7 @@ class GPTModel(nn.Module):
         self.cfg = dict(cfg)
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.drop_emb = Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
@@ -650,14 +691,15 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
 # ---------------------------------------------------------------------------------------------
 
 
-def _copy_param(param: torch.Tensor, value, name: str) -> None:
-    value = torch.as_tensor(np.asarray(value))
+def _copy_param(param: torch.Tensor, array, name: str) -> None:
+    value = torch.as_tensor(np.asarray(array))
     if param.shape != value.shape:
         raise ValueError(f"Shape mismatch for {name}: the model has {tuple(param.shape)}, "
                          f"the checkpoint {tuple(value.shape)}; build GPTModel with the config "
                          "that matches the checkpoint (config_from_hparams)")
     with torch.no_grad():
         param.copy_(value)
+    gpt_download.release_pages(np.asarray(array))  # if mapped from the cache: copied, not needed
 
 
 def load_weights_into_gpt(gpt: GPTModel, params: dict) -> None:

@@ -86,3 +86,39 @@ def test_gpt2_sizes_have_the_published_parameter_counts():
         assert gpt2.count_parameters(model) == expected
     with pytest.raises(ValueError, match="124M, 355M"):
         gpt2.gpt2_config("7B")
+
+
+def test_dropout_keeps_one_minus_p_of_the_values_and_rescales_them():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = gpt2.dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003  # 10 standard deviations
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept values only
+    assert gpt2.dropout(x, 0.1, training=False) is x and gpt2.dropout(x, 0.0) is x
+    assert gpt2.dropout(torch.ones(8, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
+    layer = gpt2.Dropout(0.1)
+    assert isinstance(layer, torch.nn.Dropout) and layer.eval()(x) is x
+
+
+def test_training_attention_is_the_formula_with_dropout_on_the_weights():
+    """On the CPU, training attention is written out (SDPA cannot drop out there); it must
+    equal softmax(q k^T / sqrt(d) + causal mask), its weights dropped out, times v."""
+    torch.manual_seed(1)
+    att = gpt2.MultiHeadAttention(32, 32, 16, dropout=0.3, num_heads=4, qkv_bias=True).train()
+    x = torch.randn(2, 7, 32)
+    torch.manual_seed(5)
+    out = att(x)
+
+    torch.manual_seed(5)  # the same draw as the layer's dropout mask
+    keep = torch.rand(2, 4, 7, 7) >= 0.3
+    q, k, v = (layer(x).view(2, 7, 4, 8).transpose(1, 2)
+               for layer in (att.W_query, att.W_key, att.W_value))
+    scores = q @ k.transpose(2, 3) / 8 ** 0.5 + torch.full((7, 7), float("-inf")).triu(1)
+    weights = torch.softmax(scores, dim=-1) * keep / 0.7
+    expected = att.out_proj((weights @ v).transpose(1, 2).reshape(2, 7, 32))
+    assert torch.allclose(out, expected, atol=1e-6)
+    att.eval()
+    assert not torch.allclose(att(x), out)  # evaluation drops nothing
