@@ -260,12 +260,24 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values, each (b, heads, t, head_dim)."""
-        if self.W_qkv is None:
-            return tuple(self._split_heads(layer(x))
-                         for layer in (self.W_query, self.W_key, self.W_value))
-        b, t, _ = x.shape  # one matrix multiply instead of three: (b, t, 3 * d_out)
-        qkv = self.W_qkv(x).view(b, t, 3, self.num_heads, self.head_dim)
+        """Queries, keys and values, each (b, heads, t, head_dim).
+
+        One matrix multiply with the three weights side by side beats three (~5% of a
+        training step here). Putting them side by side copies them, though, which costs
+        more than it saves when a step is a single token, so only training does it (and
+        GPTModel.for_generation copies store them fused once and for all).
+        """
+        if self.W_qkv is not None:
+            return self._split_qkv(self.W_qkv(x))
+        layers = (self.W_query, self.W_key, self.W_value)
+        if torch.is_grad_enabled():
+            biases = None if self.W_query.bias is None else torch.cat([l.bias for l in layers])
+            return self._split_qkv(F.linear(x, torch.cat([l.weight for l in layers]), biases))
+        return tuple(self._split_heads(layer(x)) for layer in layers)
+
+    def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = qkv.shape  # (b, t, 3 * d_out) -> 3 x (b, heads, t, head_dim)
+        qkv = qkv.view(b, t, 3, self.num_heads, self.head_dim)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

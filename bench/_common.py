@@ -80,9 +80,10 @@ def emit_ratios(ratios: dict[str, float], targets: dict[str, float]) -> None:
     print(json.dumps({"ratios": summary}), flush=True)
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-                ) -> dict[str, float]:
-    """Median seconds of each callable, timed in turns: warm-up rounds, then `repeats` rounds."""
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+                      ) -> dict[str, list[float]]:
+    """Seconds of each callable in each timed round, run in turns: warm-up rounds, then
+    `repeats` rounds of A, B, A, B, ..."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(warmup + repeats):
         for name, run in runs.items():
@@ -90,7 +91,23 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int
             run()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+                ) -> dict[str, float]:
+    """Median seconds of each callable, timed in turns (see interleaved_times)."""
+    return {name: statistics.median(values)
+            for name, values in interleaved_times(runs, repeats, warmup).items()}
+
+
+def paired_speedup(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of theirs / ours, each pair timed back to back.
+
+    This machine's speed drifts by 10-20% over minutes (other tenants of the host); two
+    runs timed seconds apart see the same drift, so their ratio is steadier than the
+    ratio of two medians."""
+    return statistics.median(t / o for o, t in zip(ours, theirs))
 
 
 def bench_config(quick: bool) -> dict:

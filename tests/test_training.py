@@ -120,5 +120,11 @@ def test_training_attention_is_the_formula_with_dropout_on_the_weights():
     weights = torch.softmax(scores, dim=-1) * keep / 0.7
     expected = att.out_proj((weights @ v).transpose(1, 2).reshape(2, 7, 32))
     assert torch.allclose(out, expected, atol=1e-6)
+    # Training multiplies by W_query, W_key and W_value side by side: same gradients.
+    grads = [torch.autograd.grad(y.square().sum(), list(att.parameters())) for y in (out, expected)]
+    for ours, reference in zip(*grads):
+        assert torch.allclose(ours, reference, atol=1e-5)
     att.eval()
     assert not torch.allclose(att(x), out)  # evaluation drops nothing
+    with torch.no_grad():  # and without gradients, the three are multiplied one by one
+        assert torch.allclose(att(x), att.eval()(x), atol=1e-6)
