@@ -17,6 +17,7 @@ and in int8; we report how many positions agree and the validation loss of each.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import tempfile
 import time
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import (base_parser, bench_config, emit, emit_ratios, hf_twin, interleaved,
-                     random_gpt, setup)
+from _common import (base_parser, bench_config, emit, emit_ratios, hf_twin, interleaved_times,
+                     paired_speedup, random_gpt, setup)
 
 import gpt2
 import gpt_download
@@ -74,10 +75,10 @@ def speed(args, new_tokens: int) -> dict[str, float]:
             "ours_int8": ours(fast["int8"]), "ours_bf16": ours(fast["bf16"]),
             "hf_bf16": theirs(twins["bf16"]), "ours_fp32_plain_model": ours(model),
             "loop_fp32": bare_weight_loop(model, "fp32"), "loop_bf16": bare_weight_loop(model, "bf16")}
-    seconds = interleaved(runs, args.repeats)
-    uncached = interleaved({"ours_fp32_no_cache": ours(fast["fp32"], use_cache=False)},
-                           args.repeats)
-    seconds.update(uncached)
+    times = interleaved_times(runs, args.repeats)
+    times.update(interleaved_times({"ours_fp32_no_cache": ours(fast["fp32"], use_cache=False)},
+                                   args.repeats))
+    seconds = {name: statistics.median(values) for name, values in times.items()}
     for name, value in seconds.items():
         if name.startswith("loop"):
             emit(f"bare_weight_loop_{name[5:]}", ms=1e3 * value)
@@ -86,9 +87,9 @@ def speed(args, new_tokens: int) -> dict[str, float]:
         emit(f"generate_{name}", tokens_per_s=new_tokens / value,
              ms_per_token=1e3 * value / new_tokens, bare_loop=loop[5:],
              per_token_over_bare_loop=value / new_tokens / seconds[loop])
-    return {"fp32_vs_hf_fp32": seconds["hf_fp32"] / seconds["ours_fp32"],
-            "bf16_vs_hf_bf16": seconds["hf_bf16"] / seconds["ours_bf16"],
-            "int8_vs_hf_fp32": seconds["hf_fp32"] / seconds["ours_int8"],
+    return {"fp32_vs_hf_fp32": paired_speedup(times["ours_fp32"], times["hf_fp32"]),
+            "bf16_vs_hf_bf16": paired_speedup(times["ours_bf16"], times["hf_bf16"]),
+            "int8_vs_hf_fp32": paired_speedup(times["ours_int8"], times["hf_fp32"]),
             "cache_speedup_fp32": seconds["ours_fp32_no_cache"] / seconds["ours_fp32"]}
 
 
