@@ -7,7 +7,7 @@ fp32, ours with bf16 autocast, the achieved GFLOP/s (6 x matmul weights x tokens
 attention) against a large fp32 matmul timed in the same run, and the optimizer step alone,
 fused against PyTorch's default.
 
-    python bench/train.py            # full run, ~2 min on 2 cores
+    python bench/train.py            # full run, ~4 min on 2 cores
     python bench/train.py --quick    # seconds, tiny model
 """
 from __future__ import annotations
@@ -71,7 +71,9 @@ def step_flops(model: gpt2.GPTModel, seq_len: int) -> float:
 
 
 def main() -> None:
-    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.set_defaults(repeats=7)  # a step takes seconds and the machine drifts: more rounds
+    args = parser.parse_args()
     setup(args)
     config = {**bench_config(args.quick), "drop_rate": 0.1}
     seq_len = 64 if args.quick else SEQ_LEN
