@@ -220,8 +220,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     difference was ~5% of an fp32 step here (bench/train.py). GPUs fuse dropout into one
     kernel, so they keep F.dropout.
     """
-    if not training or p == 0.0 or x.device.type != "cpu":
-        return F.dropout(x, p, training)
+    if not training or not 0.0 < p < 1.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)  # also the cases p = 0, p = 1 and a p out of range
     keep = torch.rand(x.shape).ge_(p).div_(1 - p)  # 1 / (1 - p) where kept, 0 where dropped
     return x * keep.to(x.dtype)
 

@@ -98,6 +98,9 @@ def test_dropout_keeps_one_minus_p_of_the_values_and_rescales_them():
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept values only
     assert gpt2.dropout(x, 0.1, training=False) is x and gpt2.dropout(x, 0.0) is x
+    assert torch.equal(gpt2.dropout(x, 1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        gpt2.dropout(x, -0.1)
     assert gpt2.dropout(torch.ones(8, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
     layer = gpt2.Dropout(0.1)
     assert isinstance(layer, torch.nn.Dropout) and layer.eval()(x) is x
