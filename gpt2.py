@@ -233,6 +233,16 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def linears_side_by_side(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight (sum of outs, in) and bias of one Linear computing all of `layers` at once, its
+    output their outputs concatenated. A single layer's own tensors come back as they are:
+    torch.cat would copy them (GPT-2 124M's head alone is 147 MiB)."""
+    if len(layers) == 1:
+        return layers[0].weight, layers[0].bias
+    bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
+    return torch.cat([layer.weight for layer in layers]), bias
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel
     (except when training on the CPU, see `_attend_with_dropout`).
@@ -269,10 +279,9 @@ class MultiHeadAttention(nn.Module):
         """
         if self.W_qkv is not None:
             return self._split_qkv(self.W_qkv(x))
-        layers = (self.W_query, self.W_key, self.W_value)
+        layers = [self.W_query, self.W_key, self.W_value]
         if torch.is_grad_enabled():
-            biases = None if self.W_query.bias is None else torch.cat([l.bias for l in layers])
-            return self._split_qkv(F.linear(x, torch.cat([l.weight for l in layers]), biases))
+            return self._split_qkv(F.linear(x, *linears_side_by_side(layers)))
         return tuple(self._split_heads(layer(x)) for layer in layers)
 
     def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -401,12 +410,7 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_linears(cls, layers: list[nn.Linear], dtype: str) -> PackedLinear:
         """One layer computing all of `layers` side by side (outputs concatenated)."""
-        def side_by_side(tensors):  # cat copies even a single tensor: the head is 147 MiB
-            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-        biases = [layer.bias for layer in layers]
-        bias = None if biases[0] is None else side_by_side(biases)
-        return cls(side_by_side([layer.weight for layer in layers]), bias, dtype)
+        return cls(*linears_side_by_side(layers), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
