@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from _common import base_parser, emit, emit_ratios, setup
+from gpt2_fixtures import process_memory_mb, random_tf_variables, write_tf_checkpoint
 
 import gpt_download
 
@@ -33,8 +34,6 @@ TINY = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
 
 def checkpoint_dir(quick: bool) -> Path:
     """The parent of a "124M" folder holding OpenAI's seven files, written if missing."""
-    from gpt2_fixtures import random_tf_variables, write_tf_checkpoint
-
     models_dir = (Path(tempfile.mkdtemp()) if quick
                   else gpt_download.DATA_DIR / "bench" / "tf-checkpoint")
     model_dir = models_dir / "124M"
@@ -44,17 +43,6 @@ def checkpoint_dir(quick: bool) -> Path:
     return models_dir
 
 
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, from Linux's /proc.
-
-    Not getrusage's ru_maxrss: that one survives exec, so a child started by a big parent
-    would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status (this benchmark needs Linux)")
-
-
 def child(models_dir: str, threads: int) -> None:
     """Runs in the fresh process: load twice, then read alone once; one JSON line out."""
     import torch
@@ -62,11 +50,11 @@ def child(models_dir: str, threads: int) -> None:
     import gpt2
 
     torch.set_num_threads(threads)
-    before = rss_mb("VmRSS")
+    before = process_memory_mb("VmRSS")
     start = time.perf_counter()
     model = gpt2.load_pretrained_gpt2("124M", models_dir)
     first = time.perf_counter() - start
-    peak = rss_mb("VmHWM")
+    peak = process_memory_mb("VmHWM")
     model_mb = gpt2.count_parameters(model) * 4 / 2**20
     del model
     start = time.perf_counter()

@@ -5,6 +5,7 @@
   independently of gpt_download, so tests of the loader are not tests of itself).
 - `write_tf_checkpoint`: a real TF1-format checkpoint folder, the seven files OpenAI ships.
 - `MirrorServer`: a loopback HTTP mirror (HOST/PATH layout) that can fail on purpose.
+- `process_memory_mb`: a memory figure of this process from Linux's /proc.
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def bpe_dir() -> Path:
     """A folder holding GPT-2's verified encoder.json and vocab.bpe (found or downloaded)."""
     import gpt2
     return gpt2._find_bpe_files(None)
+
+
+def process_memory_mb(field: str) -> float:
+    """One memory figure of this process from Linux's /proc/self/status, in MiB: VmRSS (now),
+    VmHWM (peak) or RssFile (pages of mapped files held in memory).
+
+    Not getrusage's ru_maxrss for the peak: that one survives exec, so a child started by a
+    big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
 
 
 def tiny_hparams(n_vocab: int = 50257, n_ctx: int = 64, n_embd: int = 32, n_head: int = 4,

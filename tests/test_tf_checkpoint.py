@@ -9,7 +9,8 @@ import torch
 
 import gpt2
 import gpt_download
-from gpt2_fixtures import nest_params, random_tf_variables, tiny_hparams, write_tf_checkpoint
+from gpt2_fixtures import (nest_params, process_memory_mb, random_tf_variables, tiny_hparams,
+                           write_tf_checkpoint)
 
 MODELS_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/models"
 
@@ -115,14 +116,6 @@ def test_shell_download_command(tmp_path, mirror_server):
     assert "Traceback" not in failed.stderr
 
 
-def resident_file_pages_mb() -> float:
-    """RssFile of this process: pages of mapped files it holds in memory (Linux only)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no RssFile in /proc/self/status")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
     """Reading a mapped array costs resident memory until release_pages; the values survive."""
@@ -135,11 +128,11 @@ def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
     cached = gpt_download.read_params_cache(tmp_path / gpt_download.PARAMS_CACHE)
     wte = cached["model/wte"]
 
-    before = resident_file_pages_mb()
+    before = process_memory_mb("RssFile")
     copied = torch.as_tensor(wte.T).clone()  # read every page, as load_weights_into_gpt does
-    after_copy = resident_file_pages_mb()
+    after_copy = process_memory_mb("RssFile")
     gpt_download.release_pages(wte.T)
-    released = resident_file_pages_mb()
+    released = process_memory_mb("RssFile")
 
     assert after_copy - before > 12
     assert after_copy - released > 12
