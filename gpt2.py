@@ -708,14 +708,15 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
 
 
 def _copy_param(param: torch.Tensor, array, name: str) -> None:
-    value = torch.as_tensor(np.asarray(array))
+    array = np.asarray(array)
+    value = torch.as_tensor(array)
     if param.shape != value.shape:
         raise ValueError(f"Shape mismatch for {name}: the model has {tuple(param.shape)}, "
                          f"the checkpoint {tuple(value.shape)}; build GPTModel with the config "
                          "that matches the checkpoint (config_from_hparams)")
     with torch.no_grad():
         param.copy_(value)
-    gpt_download.release_pages(np.asarray(array))  # if mapped from the cache: copied, not needed
+    gpt_download.release_pages(array)  # if mapped from the cache: copied, not needed
 
 
 def load_weights_into_gpt(gpt: GPTModel, params: dict) -> None:
