@@ -106,6 +106,27 @@ def test_dropout_keeps_one_minus_p_of_the_values_and_rescales_them():
     assert isinstance(layer, torch.nn.Dropout) and layer.eval()(x) is x
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_mask_has_the_rounded_rate_and_mean_one(p):
+    levels = round(p * gpt2.MASK_LEVELS)
+    torch.manual_seed(1)
+    mask = gpt2.dropout_mask((2000, 1000), levels)
+    rate = levels / gpt2.MASK_LEVELS
+    assert abs(rate - p) <= 0.5 / gpt2.MASK_LEVELS
+    sd = (rate * (1 - rate) / mask.numel()) ** 0.5
+    assert abs((mask == 0).float().mean().item() - rate) < 6 * sd
+    assert torch.equal(mask.unique(), torch.tensor([0.0, 1 / (1 - rate)]))
+    torch.manual_seed(1)  # torch's seed decides the mask, and each draw moves it on
+    assert torch.equal(gpt2.dropout_mask((2000, 1000), levels), mask)
+    assert not torch.equal(gpt2.dropout_mask((2000, 1000), levels), mask)
+
+
+def test_dropout_rates_too_close_to_0_or_1_for_the_mask_go_to_pytorch():
+    x = torch.ones(100, 100)
+    assert torch.allclose(gpt2.dropout(x, 1e-7), x)  # rounds to 0 levels: almost surely all kept
+    assert gpt2.dropout(x, 1 - 1e-7).count_nonzero() < 5  # rounds to all 65536 levels
+
+
 def test_training_attention_is_the_formula_with_dropout_on_the_weights():
     """On the CPU, training attention is written out (SDPA cannot drop out there); it must
     equal softmax(q k^T / sqrt(d) + causal mask), its weights dropped out, times v."""
@@ -116,11 +137,11 @@ def test_training_attention_is_the_formula_with_dropout_on_the_weights():
     out = att(x)
 
     torch.manual_seed(5)  # the same draw as the layer's dropout mask
-    keep = torch.rand(2, 4, 7, 7) >= 0.3
+    keep = gpt2.dropout_mask((2, 4, 7, 7), round(0.3 * gpt2.MASK_LEVELS))
     q, k, v = (layer(x).view(2, 7, 4, 8).transpose(1, 2)
                for layer in (att.W_query, att.W_key, att.W_value))
     scores = q @ k.transpose(2, 3) / 8 ** 0.5 + torch.full((7, 7), float("-inf")).triu(1)
-    weights = torch.softmax(scores, dim=-1) * keep / 0.7
+    weights = torch.softmax(scores, dim=-1) * keep
     expected = att.out_proj((weights @ v).transpose(1, 2).reshape(2, 7, 32))
     assert torch.allclose(out, expected, atol=1e-6)
     # Training multiplies by W_query, W_key and W_value side by side: same gradients.
