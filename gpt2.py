@@ -334,11 +334,13 @@ class MultiHeadAttention(nn.Module):
         SDPA's CPU kernel cannot apply dropout, so with dropout it falls back to these same
         steps, plus extra passes over the (t, t) scores and PyTorch's slower dropout mask.
         """
-        t = queries.shape[2]
-        scores = (queries * self.head_dim ** -0.5) @ keys.transpose(2, 3)  # (b, heads, t, t)
-        future = torch.ones(t, t, dtype=torch.bool, device=queries.device).triu_(1)
-        weights = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
-        return dropout(weights, self.dropout) @ values  # (b, heads, t, head_dim)
+        b, heads, t, head_dim = queries.shape
+        q, k, v = (x.reshape(b * heads, t, head_dim) for x in (queries, keys, values))
+        future = torch.full((t, t), float("-inf"), device=q.device).triu_(1)  # above the diagonal
+        # future + q k^T / sqrt(head_dim) in one call: adding -inf masks like masked_fill does
+        scores = torch.baddbmm(future, q, k.transpose(1, 2), alpha=head_dim ** -0.5)  # (b*heads, t, t)
+        weights = dropout(torch.softmax(scores, dim=-1), self.dropout)
+        return (weights @ v).view(b, heads, t, head_dim)
 
 
 class LayerNorm(nn.Module):
