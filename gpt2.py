@@ -222,13 +222,14 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     drop_levels = round(p * MASK_LEVELS) if 0.0 < p < 1.0 else 0
     if not training or not 0 < drop_levels < MASK_LEVELS or x.device.type != "cpu":
         return F.dropout(x, p, training)  # also the cases p ~ 0, p ~ 1 and a p out of range
-    return x * dropout_mask(x.shape, drop_levels).to(x.dtype)
+    return x * dropout_mask(x.shape, drop_levels, x.dtype)
 
 
 MASK_LEVELS = 2 ** 16  # dropout draws one 16-bit number per value: p is rounded to 1/65536ths
 
 
-def dropout_mask(shape: tuple[int, ...], drop_levels: int) -> torch.Tensor:
+def dropout_mask(shape: tuple[int, ...], drop_levels: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """0 with probability drop_levels / 65536, else 65536 / (65536 - drop_levels): a dropout
     mask, its kept values scaled so that the mask's mean is exactly 1.
 
@@ -242,7 +243,7 @@ def dropout_mask(shape: tuple[int, ...], drop_levels: int) -> torch.Tensor:
     levels = np.random.Generator(np.random.PCG64(seed)).integers(
         0, MASK_LEVELS, size=shape, dtype=np.uint16)
     keep = torch.from_numpy(levels >= drop_levels)
-    return keep.to(torch.float32).mul_(MASK_LEVELS / (MASK_LEVELS - drop_levels))
+    return keep.to(dtype).mul_(MASK_LEVELS / (MASK_LEVELS - drop_levels))
 
 
 class Dropout(nn.Dropout):
