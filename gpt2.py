@@ -212,6 +212,9 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+MASK_LEVELS = 2 ** 16  # dropout draws one 16-bit number per value: p is rounded to 1/65536ths
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout, with the CPU's mask drawn by `dropout_mask` (same maths, faster).
 
@@ -223,9 +226,6 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or not 0 < drop_levels < MASK_LEVELS or x.device.type != "cpu":
         return F.dropout(x, p, training)  # also the cases p ~ 0, p ~ 1 and a p out of range
     return x * dropout_mask(x.shape, drop_levels, x.dtype)
-
-
-MASK_LEVELS = 2 ** 16  # dropout draws one 16-bit number per value: p is rounded to 1/65536ths
 
 
 def dropout_mask(shape: tuple[int, ...], drop_levels: int,
@@ -337,8 +337,8 @@ class MultiHeadAttention(nn.Module):
         """
         b, heads, t, head_dim = queries.shape
         q, k, v = (x.reshape(b * heads, t, head_dim) for x in (queries, keys, values))
-        future = torch.full((t, t), float("-inf"), device=q.device).triu_(1)  # above the diagonal
-        # future + q k^T / sqrt(head_dim) in one call: adding -inf masks like masked_fill does
+        future = torch.full((t, t), float("-inf"), device=q.device).triu_(1)  # 0 on and below
+        # future + q k^T / sqrt(head_dim) in one call; adding -inf masks like masked_fill does
         scores = torch.baddbmm(future, q, k.transpose(1, 2), alpha=head_dim ** -0.5)  # (b*heads, t, t)
         weights = dropout(torch.softmax(scores, dim=-1), self.dropout)
         return (weights @ v).view(b, heads, t, head_dim)
