@@ -20,6 +20,8 @@ EXPECTED = {
                     "bare_weight_loop_fp32", "quality_int8"},
     "train.py": {"matmul_fp32", "train_step_ours_fp32", "train_step_hf_fp32",
                  "train_step_ours_bf16_autocast", "adamw_step_fused"},
+    "dropout.py": {"train_step_fp32_dropout_ours", "train_step_fp32_dropout_pytorch",
+                   "train_step_fp32_dropout_none", "dropout_share_of_step"},
     "load.py": {"load_converting_tf_checkpoint", "load_first_in_process",
                 "load_second_in_process", "load_read_params_only", "load_peak_rss"},
 }
