@@ -26,6 +26,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+try:
+    from numpy.lib.array_utils import byte_bounds  # NumPy 2
+except ImportError:
+    from numpy import byte_bounds  # NumPy 1.26
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_MODELS_DIR = DATA_DIR / "gpt2"
 
@@ -315,21 +320,29 @@ def read_params_cache(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def release_pages(array: np.ndarray) -> None:
-    """Hand back the memory this process holds for a cache file `array` is mapped from.
+    """Hand back the memory this process holds for the part of a cache file `array` is mapped
+    from.
 
     Each page of a mapped file that has been read counts in the process's resident memory
     until the mapping goes away, so copying a whole checkpoint into a model would hold it
     twice. Calling this after each copy keeps one array's worth at most: the pages stay in
-    the system's file cache and are mapped again if read again. Any change made to an array
-    of the cache (copy-on-write) is dropped with them. Other arrays are left alone.
+    the system's file cache and are mapped again if read again. Any change made to `array`
+    (copy-on-write) is dropped with them. Only the pages wholly inside `array` go: the
+    other arrays of the file share its mapping, and a page at either end may hold their bytes.
     """
     owner = array
     while isinstance(owner, np.ndarray):  # views point back to the array over the mapping
         owner = owner.base
     if isinstance(owner, memoryview):  # ... which numpy holds through a memoryview
         owner = owner.obj
-    if isinstance(owner, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):  # not on Windows
-        owner.madvise(mmap.MADV_DONTNEED)
+    if not (isinstance(owner, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")):  # not on Windows
+        return
+    low, high = byte_bounds(array)
+    offset = low - np.frombuffer(owner, dtype=np.uint8).ctypes.data  # where array starts in the file
+    first_page = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    end_page = (offset + high - low) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end_page > first_page:
+        owner.madvise(mmap.MADV_DONTNEED, first_page, end_page - first_page)
 
 
 def main(argv: list[str] | None = None) -> int:

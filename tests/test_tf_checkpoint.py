@@ -118,7 +118,8 @@ def test_shell_download_command(tmp_path, mirror_server):
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
-    """Reading a mapped array costs resident memory until release_pages; the values survive."""
+    """Reading a mapped array costs resident memory until release_pages; the values survive,
+    and so do changes to the other arrays mapped from the same file."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
@@ -126,7 +127,8 @@ def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
               "model/wpe": rng.standard_normal((64, 32), dtype=np.float32)}
     save_file(arrays, tmp_path / gpt_download.PARAMS_CACHE)
     cached = gpt_download.read_params_cache(tmp_path / gpt_download.PARAMS_CACHE)
-    wte = cached["model/wte"]
+    wte, wpe = cached["model/wte"], cached["model/wpe"]
+    wpe[0, 0] = 42.0  # a change to another array of the cache (copy-on-write) must survive
 
     before = process_memory_mb("RssFile")
     copied = torch.as_tensor(wte.T).clone()  # read every page, as load_weights_into_gpt does
@@ -137,6 +139,7 @@ def test_release_pages_gives_back_what_copying_from_the_cache_read(tmp_path):
     assert after_copy - before > 12
     assert after_copy - released > 12
     assert np.array_equal(wte, arrays["model/wte"]) and torch.equal(copied, torch.as_tensor(wte.T))
+    assert wpe[0, 0] == 42.0 and np.array_equal(wpe.ravel()[1:], arrays["model/wpe"].ravel()[1:])
     plain = arrays["model/wpe"].copy()
     gpt_download.release_pages(plain)  # not mapped: left alone
     assert np.array_equal(plain, arrays["model/wpe"])
