@@ -15,6 +15,7 @@ import copy
 import functools
 import importlib.util
 import os
+import platform
 import sys
 import time
 import warnings
@@ -254,6 +255,81 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def _mkl_is_slow_here() -> bool:
+    """True on x86 CPUs not made by Intel, where oneDNN multiplies fp32 matrices faster.
+
+    PyTorch's CPU matmuls call Intel's MKL, which gives other makers' CPUs a slower code
+    path. oneDNN, also inside PyTorch, chooses its kernels by what the CPU can do. On this
+    course's 2-core AMD EPYC (Zen 5), oneDNN ran GPT-2's fp32 matmuls 1.7-2.4x faster than
+    MKL (bench/matmul.py). On Intel CPUs and non-x86 machines, PyTorch's default stays.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    cpuinfo = Path("/proc/cpuinfo")
+    vendor = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else platform.processor()
+    return "AuthenticAMD" in vendor and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+# Whether `linear` sends fp32 CPU matmuls to oneDNN: on by itself where that is faster;
+# set it to False to compare against PyTorch's default (bench/matmul.py does).
+ONEDNN_MATMUL = _mkl_is_slow_here()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear (x @ weight.T + bias), computed by oneDNN where ONEDNN_MATMUL says it is faster.
+
+    Under autocast, F.linear is kept: autocast already sends bf16 matmuls to oneDNN.
+    """
+    if (ONEDNN_MATMUL and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")):
+        return OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """x (..., in) @ weight.T + bias on oneDNN, for weight (out, in); both may be strided views."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """A linear layer's forward and backward passes, every matmul on oneDNN.
+
+    The backward pass is the one every linear layer has, for y = x W^T + b:
+    dx = dy W, dW = dy^T x, db = dy summed over all rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_mm(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous().view(-1, weight.shape[0])  # (rows, out)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _onednn_mm(dy, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = _onednn_mm(dy.t(), x.reshape(-1, x.shape[-1]).t())  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dw, db
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state-dict keys) computed by `linear` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 def linears_side_by_side(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight (sum of outs, in) and bias of one Linear computing all of `layers` at once, its
     output their outputs concatenated. A single layer's own tensors come back as they are:
@@ -280,10 +356,10 @@ class MultiHeadAttention(nn.Module):
         self.d_out, self.num_heads = d_out, num_heads
         self.head_dim = d_out // num_heads
         self.dropout = dropout
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out)
         self.W_qkv = None  # the three fused into one, in copies made by GPTModel.for_generation
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,7 +378,7 @@ class MultiHeadAttention(nn.Module):
             return self._split_qkv(self.W_qkv(x))
         layers = [self.W_query, self.W_key, self.W_value]
         if torch.is_grad_enabled():
-            return self._split_qkv(F.linear(x, *linears_side_by_side(layers)))
+            return self._split_qkv(linear(x, *linears_side_by_side(layers)))
         return tuple(self._split_heads(layer(x)) for layer in layers)
 
     def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -372,7 +448,7 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         d = cfg["emb_dim"]
-        self.layers = nn.Sequential(nn.Linear(d, 4 * d), GELU(), nn.Linear(4 * d, d))
+        self.layers = nn.Sequential(Linear(d, 4 * d), GELU(), Linear(4 * d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -474,7 +550,7 @@ class GPTModel(nn.Module):
         self.drop_emb = Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
-        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx: torch.Tensor, cache: list[KVCache] | None = None,
                 last_only: bool = False) -> torch.Tensor:

@@ -7,7 +7,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "0_Basics"))
 
+import gpt2  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
+
+ONEDNN_USABLE = gpt2.torch.backends.mkldnn.is_available() and hasattr(
+    gpt2.torch.ops.mkldnn, "_linear_pointwise")
+
+
+@pytest.fixture(params=["pytorch", "onednn"])
+def matmul_backend(request, monkeypatch) -> str:
+    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN (gpt2.linear)."""
+    if request.param == "onednn" and not ONEDNN_USABLE:
+        pytest.skip("this PyTorch has no oneDNN linear kernel")
+    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", request.param == "onednn")
+    return request.param
 
 
 @pytest.fixture

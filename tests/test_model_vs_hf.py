@@ -49,7 +49,7 @@ def our_model(hparams: dict, variables: dict) -> gpt2.GPTModel:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_transformers(name: str) -> None:
+def test_logits_match_transformers(name: str, matmul_backend: str) -> None:
     hparams = CONFIGS[name]
     variables = random_tf_variables(hparams, seed=1)
     ours, theirs = our_model(hparams, variables), hf_model(hparams, variables)
@@ -60,8 +60,11 @@ def test_logits_match_transformers(name: str) -> None:
         actual = ours(idx)
     assert expected.std() > 0.5, "logits this flat would make the comparison meaningless"
     max_diff = (actual - expected).abs().max().item()
-    print(f"{name}: max abs logit difference {max_diff:.2e}")
-    assert max_diff <= 1e-4
+    print(f"{name}, {matmul_backend} matmuls: max abs logit difference {max_diff:.2e}")
+    # fp32 rounding, which depends on each matmul library's order of summation: at the 124M
+    # shape (logits up to ~16) 3.6e-5 with PyTorch's default matmul and 1.1e-4 with oneDNN's,
+    # each of them within 1.1e-4 of a float64 run. A wrong layer shows up at 1e-2 or more.
+    assert max_diff <= 1e-5 * expected.abs().max().item()
 
 
 def test_hf_mapping_is_complete() -> None:
