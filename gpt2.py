@@ -263,27 +263,39 @@ def _mkl_is_slow_here() -> bool:
     course's 2-core AMD EPYC (Zen 5), oneDNN ran GPT-2's fp32 matmuls 1.7-2.4x faster than
     MKL (bench/matmul.py). On Intel CPUs and non-x86 machines, PyTorch's default stays.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    if platform.machine().lower() not in ("x86_64", "amd64") or not onednn_linear_available():
         return False
     cpuinfo = Path("/proc/cpuinfo")
     vendor = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else platform.processor()
-    return "AuthenticAMD" in vendor and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return "AuthenticAMD" in vendor
+
+
+def onednn_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear kernel (the one its compiler uses)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 # Whether `linear` sends fp32 CPU matmuls to oneDNN: on by itself where that is faster;
 # set it to False to compare against PyTorch's default (bench/matmul.py does).
 ONEDNN_MATMUL = _mkl_is_slow_here()
+# oneDNN spends ~14 us setting up each call, so smaller matmuls stay with PyTorch's default:
+# on the course's AMD CPU both took the same time at 2**21 multiply-adds (e.g. 32 x 256 x 256).
+ONEDNN_MIN_MACS = 2 ** 21
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear (x @ weight.T + bias), computed by oneDNN where ONEDNN_MATMUL says it is faster.
-
-    Under autocast, F.linear is kept: autocast already sends bf16 matmuls to oneDNN.
-    """
-    if (ONEDNN_MATMUL and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")):
+    """F.linear (x @ weight.T + bias), computed by oneDNN where that is faster."""
+    if _onednn_is_faster(x, weight):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _onednn_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """An fp32 CPU matmul big enough to repay oneDNN's set-up, on a CPU where MKL is slow.
+    Not under autocast, which already sends its bf16 matmuls to oneDNN."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    return (ONEDNN_MATMUL and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and rows * weight.numel() >= ONEDNN_MIN_MACS and not torch.is_autocast_enabled("cpu"))
 
 
 def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None

@@ -4,8 +4,10 @@ Batch 4 x 256 tokens of GPT-2 124M with the course's training settings (dropout 
 same random weights on both sides and the same optimizer (AdamW, lr 4e-4, weight decay 0.1,
 fused where PyTorch supports it, otherwise its default). Figures: tokens/s of each side in
 fp32, ours with bf16 autocast, the achieved GFLOP/s (6 x matmul weights x tokens, plus
-attention) against a large fp32 matmul timed in the same run, and the optimizer step alone,
-fused against PyTorch's default.
+attention) against a large fp32 matmul timed in the same run (on PyTorch's default library and
+on oneDNN, the faster counting as 100%), and the optimizer step alone, fused against PyTorch's
+default. Where gpt2.ONEDNN_MATMUL is on, our fp32 matmuls run on oneDNN and HF's on PyTorch's
+default; bench/matmul.py shows what that choice is worth.
 
     python bench/train.py            # full run, ~4 min on 2 cores
     python bench/train.py --quick    # seconds, tiny model
@@ -52,12 +54,16 @@ def hf_logits(model, inputs):
     return model(inputs).logits
 
 
-def matmul_gflops(quick: bool) -> float:
-    """GFLOP/s of a large fp32 matmul shaped like the feed-forward layer's: what 100% means."""
+def matmul_gflops(quick: bool) -> dict[str, float]:
+    """GFLOP/s of a large fp32 matmul shaped like the feed-forward layer's, on PyTorch's default
+    library and on oneDNN where this PyTorch has it: the faster of the two is what 100% means."""
     tokens, d = (256, 256) if quick else (BATCH * SEQ_LEN, 768)
-    a, b = torch.randn(tokens, d), torch.randn(d, 4 * d)
-    seconds = interleaved({"mm": lambda: [a @ b for _ in range(10)]}, repeats=3)["mm"]
-    return 10 * 2 * tokens * d * 4 * d / seconds / 1e9
+    a, b = torch.randn(tokens, d), torch.randn(4 * d, d)
+    runs = {"pytorch": lambda: [F.linear(a, b) for _ in range(10)]}
+    if gpt2.onednn_linear_available():
+        runs["onednn"] = lambda: [gpt2._onednn_mm(a, b) for _ in range(10)]
+    seconds = interleaved(runs, repeats=3)
+    return {name: 10 * 2 * tokens * d * 4 * d / value / 1e9 for name, value in seconds.items()}
 
 
 def step_flops(model: gpt2.GPTModel, seq_len: int) -> float:
@@ -93,8 +99,10 @@ def main() -> None:
     fp32 = interleaved_times({k: steps[k] for k in ("ours_fp32", "hf_fp32")}, args.repeats)
     bf16 = interleaved_times({k: steps[k] for k in ("ours_bf16_autocast", "hf_fp32")},
                              args.repeats)
-    peak = matmul_gflops(args.quick)
-    emit("matmul_fp32", gflops=peak)
+    rates = matmul_gflops(args.quick)
+    peak = max(rates.values())
+    emit("matmul_fp32", **{f"gflops_{name}": value for name, value in rates.items()},
+         ours_on_onednn=gpt2.ONEDNN_MATMUL)
     flops = step_flops(ours, seq_len)
     for name, times in (*fp32.items(), ("ours_bf16_autocast", bf16["ours_bf16_autocast"]),
                         ("hf_fp32_beside_bf16", bf16["hf_fp32"])):

@@ -10,16 +10,17 @@ sys.path.insert(0, str(ROOT / "0_Basics"))
 import gpt2  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
 
-ONEDNN_USABLE = gpt2.torch.backends.mkldnn.is_available() and hasattr(
-    gpt2.torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_USABLE = gpt2.onednn_linear_available()
 
 
 @pytest.fixture(params=["pytorch", "onednn"])
 def matmul_backend(request, monkeypatch) -> str:
-    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN (gpt2.linear)."""
+    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN (gpt2.linear),
+    the latter for matmuls of every size, however small."""
     if request.param == "onednn" and not ONEDNN_USABLE:
         pytest.skip("this PyTorch has no oneDNN linear kernel")
     monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", request.param == "onednn")
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 0)
     return request.param
 
 

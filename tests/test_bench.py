@@ -22,6 +22,8 @@ EXPECTED = {
                  "train_step_ours_bf16_autocast", "adamw_step_fused"},
     "dropout.py": {"train_step_fp32_dropout_ours", "train_step_fp32_dropout_pytorch",
                    "train_step_fp32_dropout_none", "dropout_share_of_step"},
+    "matmul.py": {"onednn_matmul_default", "matmul_ff_up_forward", "matmul_head_grad_weight",
+                  "train_step_fp32_matmul_onednn", "train_step_fp32_matmul_pytorch"},
     "load.py": {"load_converting_tf_checkpoint", "load_first_in_process",
                 "load_second_in_process", "load_read_params_only", "load_peak_rss"},
 }

@@ -9,6 +9,17 @@ from conftest import ONEDNN_USABLE
 pytestmark = pytest.mark.skipif(not ONEDNN_USABLE, reason="this PyTorch has no oneDNN linear kernel")
 
 
+@pytest.fixture
+def onednn(monkeypatch):
+    """oneDNN for every fp32 CPU matmul, however small."""
+    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 0)
+
+
+def on_onednn(y: torch.Tensor) -> bool:
+    return type(y.grad_fn).__name__ == "OneDNNLinearBackward"
+
+
 def values_and_grads(fn, x, weight, bias):
     """fn(x, weight, bias) and the gradients of a loss that weighs every output differently."""
     inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
@@ -19,8 +30,7 @@ def values_and_grads(fn, x, weight, bias):
 
 @pytest.mark.parametrize("shape", [(10, 16), (2, 5, 16), (2, 3, 5, 16)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_onednn_linear_equals_f_linear_with_gradients(shape, with_bias, monkeypatch):
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
+def test_onednn_linear_equals_f_linear_with_gradients(shape, with_bias, onednn):
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     weight = torch.randn(24, shape[-1], requires_grad=True)
@@ -29,12 +39,10 @@ def test_onednn_linear_equals_f_linear_with_gradients(shape, with_bias, monkeypa
     reference = values_and_grads(F.linear, x, weight, bias)
     for a, b in zip(ours, reference):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
-    # and the path taken was oneDNN's: its backward node, not addmm's
-    assert type(gpt2.linear(x, weight, bias).grad_fn).__name__ == "OneDNNLinearBackward"
+    assert on_onednn(gpt2.linear(x, weight, bias))  # the path taken, not addmm's
 
 
-def test_onednn_linear_takes_strided_inputs_frozen_weights_and_summed_losses(monkeypatch):
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
+def test_onednn_linear_takes_strided_inputs_frozen_weights_and_summed_losses(onednn):
     torch.manual_seed(1)
     x = torch.randn(5, 6, 16).transpose(0, 1).requires_grad_()  # not contiguous
     weight = torch.randn(8, 16)  # frozen, as in fine-tuning: no gradient asked for
@@ -47,18 +55,21 @@ def test_onednn_linear_takes_strided_inputs_frozen_weights_and_summed_losses(mon
     assert torch.allclose(dx, weight.sum(0).expand_as(x), atol=1e-5)
 
 
-def test_linear_leaves_autocast_gpus_and_other_dtypes_to_pytorch(monkeypatch):
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
+def test_linear_leaves_autocast_other_dtypes_and_small_matmuls_to_pytorch(onednn, monkeypatch):
     x, weight = torch.randn(4, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert gpt2.linear(x, weight).dtype == torch.bfloat16
     y = gpt2.linear(x.double(), weight.double())
-    assert y.dtype == torch.float64 and "OneDNN" not in type(y.grad_fn).__name__
+    assert y.dtype == torch.float64 and not on_onednn(y)
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 2 ** 21)  # the default: where oneDNN pays
+    assert not on_onednn(gpt2.linear(x, weight))  # 4 x 16 x 8 multiply-adds
+    big_x, big_weight = torch.randn(32, 256, requires_grad=True), torch.randn(256, 256)
+    assert on_onednn(gpt2.linear(big_x, big_weight))  # 32 x 256 x 256 = 2 ** 21
     monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", False)
-    assert "OneDNN" not in type(gpt2.linear(x, weight).grad_fn).__name__
+    assert not on_onednn(gpt2.linear(big_x, big_weight))
 
 
-def test_gpt_model_has_the_same_loss_and_gradients_on_either_matmul_library(monkeypatch):
+def test_gpt_model_has_the_same_loss_and_gradients_on_either_matmul_library(onednn, monkeypatch):
     config = {**gpt2.GPT_CONFIG_124M, "vocab_size": 500, "context_length": 32, "emb_dim": 64,
               "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
     torch.manual_seed(2)
