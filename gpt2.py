@@ -278,9 +278,10 @@ def onednn_linear_available() -> bool:
 # Whether `linear` sends fp32 CPU matmuls to oneDNN: on by itself where that is faster;
 # set it to False to compare against PyTorch's default (bench/matmul.py does).
 ONEDNN_MATMUL = _mkl_is_slow_here()
-# oneDNN spends ~14 us setting up each call, so smaller matmuls stay with PyTorch's default:
-# on the course's AMD CPU both took the same time at 2**21 multiply-adds (e.g. 32 x 256 x 256).
-ONEDNN_MIN_MACS = 2 ** 21
+# Layers whose weight has a side under this stay with PyTorch's default: there oneDNN's set-up
+# (~15-20 us a call) and its kernels for narrow matrices lost to MKL on the course's AMD CPU,
+# while from 256 x 256 up it was as fast or faster, even for one row at a time.
+ONEDNN_MIN_SIDE = 256
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -291,11 +292,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _onednn_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """An fp32 CPU matmul big enough to repay oneDNN's set-up, on a CPU where MKL is slow.
+    """An fp32 CPU weight wide enough to repay oneDNN's set-up, on a CPU where MKL is slow.
     Not under autocast, which already sends its bf16 matmuls to oneDNN."""
-    rows = x.numel() // max(x.shape[-1], 1)
     return (ONEDNN_MATMUL and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and rows * weight.numel() >= ONEDNN_MIN_MACS and not torch.is_autocast_enabled("cpu"))
+            and min(weight.shape) >= ONEDNN_MIN_SIDE and not torch.is_autocast_enabled("cpu"))
 
 
 def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None

@@ -20,7 +20,7 @@ def matmul_backend(request, monkeypatch) -> str:
     if request.param == "onednn" and not ONEDNN_USABLE:
         pytest.skip("this PyTorch has no oneDNN linear kernel")
     monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", request.param == "onednn")
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
     return request.param
 
 

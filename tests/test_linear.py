@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not ONEDNN_USABLE, reason="this PyTorch has no o
 def onednn(monkeypatch):
     """oneDNN for every fp32 CPU matmul, however small."""
     monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
 
 
 def on_onednn(y: torch.Tensor) -> bool:
@@ -61,10 +61,11 @@ def test_linear_leaves_autocast_other_dtypes_and_small_matmuls_to_pytorch(onednn
         assert gpt2.linear(x, weight).dtype == torch.bfloat16
     y = gpt2.linear(x.double(), weight.double())
     assert y.dtype == torch.float64 and not on_onednn(y)
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_MACS", 2 ** 21)  # the default: where oneDNN pays
-    assert not on_onednn(gpt2.linear(x, weight))  # 4 x 16 x 8 multiply-adds
-    big_x, big_weight = torch.randn(32, 256, requires_grad=True), torch.randn(256, 256)
-    assert on_onednn(gpt2.linear(big_x, big_weight))  # 32 x 256 x 256 = 2 ** 21
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 256)  # the default: where oneDNN pays
+    assert not on_onednn(gpt2.linear(x, weight))  # an 8 x 16 weight
+    assert not on_onednn(gpt2.linear(torch.randn(1, 128), torch.randn(50257, 128)))  # too narrow
+    big_x, big_weight = torch.randn(1, 256, requires_grad=True), torch.randn(1024, 256)
+    assert on_onednn(gpt2.linear(big_x, big_weight))  # wide enough, even for one row
     monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", False)
     assert not on_onednn(gpt2.linear(big_x, big_weight))
 
