@@ -286,15 +286,16 @@ ONEDNN_MIN_SIDE = 256
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear (x @ weight.T + bias), computed by oneDNN where that is faster."""
-    if _onednn_is_faster(x, weight):
+    if x.dtype == weight.dtype and onednn_is_faster(weight):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
-def _onednn_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """An fp32 CPU weight wide enough to repay oneDNN's set-up, on a CPU where MKL is slow.
-    Not under autocast, which already sends its bf16 matmuls to oneDNN."""
-    return (ONEDNN_MATMUL and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+def onednn_is_faster(weight: torch.Tensor) -> bool:
+    """Whether oneDNN multiplies by `weight` faster than PyTorch's default: an fp32 CPU weight
+    wide enough to repay its set-up, on a CPU where MKL is slow. Not under autocast, which
+    already sends its bf16 matmuls to oneDNN."""
+    return (ONEDNN_MATMUL and weight.device.type == "cpu" and weight.dtype == torch.float32
             and min(weight.shape) >= ONEDNN_MIN_SIDE and not torch.is_autocast_enabled("cpu"))
 
 
@@ -493,8 +494,8 @@ class PackedLinear(nn.Module):
     Generating one token multiplies a single vector by every weight matrix, so a step costs
     about the time a kernel takes to go through all the weights once. Which kernel and layout
     do that fastest depends on the number format (bench/generate.py measures them):
-    - fp32: the weight transposed to [in, out] for addmm: ~20% faster than nn.Linear's
-      [out, in], and as fast as this machine's memory delivers the bytes;
+    - fp32: oneDNN's kernel (see `linear`) where it is faster, in nn.Linear's [out, in]; otherwise
+      the weight transposed to [in, out] for addmm, ~20% faster than [out, in] there;
     - bf16: half the bytes, kept [out, in] for the matrix-vector kernel (addmv), ~25% faster
       on a single vector than the matrix-matrix one (which prompts still use);
     - int8: a quarter of the bytes. Each output row is rounded to int8 with its own scale
@@ -508,13 +509,14 @@ class PackedLinear(nn.Module):
         self.dtype = dtype
         weight = weight.detach().float()
         bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
+        self.in_out = dtype == "fp32" and not onednn_is_faster(weight)
         if dtype == "int8":
             self.packed = _pack_int8(weight, bias)
             return
         if dtype == "bf16":
             weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        else:
-            weight = weight.t().contiguous()  # (in, out)
+        elif self.in_out:
+            weight = weight.t().contiguous()  # (in, out) for addmm
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)  # zeros for a layer without one
 
@@ -525,8 +527,10 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
-        if self.dtype == "fp32":
+        if self.in_out:
             out = torch.addmm(self.bias, rows, self.weight)
+        elif self.dtype == "fp32":
+            out = linear(rows, self.weight, self.bias)
         elif self.dtype == "int8":
             out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=True)
         elif len(rows) == 1:

@@ -99,14 +99,16 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8; the rest is cut
 
 
-def test_fast_copy_for_generation_matches_the_model(model):
+def test_fast_copy_for_generation_matches_the_model(model, matmul_backend):
     """for_generation repacks the weights for speed; fp32 must give the same tokens, the
-    smaller formats logits that track fp32's closely, and the original must stay as it was."""
+    smaller formats logits that track fp32's closely, and the original must stay as it was.
+    fp32 is packed for oneDNN's kernel or, with PyTorch's default, transposed for addmm."""
     idx = prompt()
     keys = set(model.state_dict())
     with torch.no_grad():
         reference = model(idx)
     fast = model.for_generation("fp32")
+    assert fast.out_head.in_out == (matmul_backend == "pytorch")
     with torch.no_grad():
         assert torch.allclose(fast(idx), reference, atol=1e-4)
     assert torch.equal(gpt2.generate(fast, idx, 40, CFG["context_length"]),
