@@ -265,9 +265,17 @@ def _mkl_is_slow_here() -> bool:
     """
     if platform.machine().lower() not in ("x86_64", "amd64") or not onednn_linear_available():
         return False
+    return "AuthenticAMD" in _cpu_description()
+
+
+def _cpu_description() -> str:
+    """The CPU's vendor, model and instruction-set flags as the system reports them."""
     cpuinfo = Path("/proc/cpuinfo")
-    vendor = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else platform.processor()
-    return "AuthenticAMD" in vendor
+    return cpuinfo.read_text(errors="replace") if cpuinfo.exists() else platform.processor()
+
+
+# x86 instructions that multiply int8 without the overflow older CPUs risk (see _pack_int8).
+_CPU_HAS_VNNI = any(flag in _cpu_description().split() for flag in ("avx512_vnni", "avx_vnni"))
 
 
 def onednn_linear_available() -> bool:
@@ -494,29 +502,31 @@ class PackedLinear(nn.Module):
     Generating one token multiplies a single vector by every weight matrix, so a step costs
     about the time a kernel takes to go through all the weights once. Which kernel and layout
     do that fastest depends on the number format (bench/generate.py measures them):
-    - fp32: oneDNN's kernel (see `linear`) where it is faster, in nn.Linear's [out, in]; otherwise
-      the weight transposed to [in, out] for addmm, ~20% faster than [out, in] there;
-    - bf16: half the bytes, kept [out, in] for the matrix-vector kernel (addmv), ~25% faster
-      on a single vector than the matrix-matrix one (which prompts still use);
+    - fp32: oneDNN's kernel (see `linear`) where it is faster, in nn.Linear's [out, in];
+      otherwise the weight transposed to [in, out] for addmm, ~20% faster than [out, in] there;
+    - bf16: half the bytes, reordered once into oneDNN's blocked layout, which its kernel
+      streams at 44-48 GB/s against 18-28 for a plain [out, in] matrix on the course's AMD CPU;
+      without oneDNN, [out, in] with the matrix-vector kernel (addmv) for a single vector;
     - int8: a quarter of the bytes. Each output row is rounded to int8 with its own scale
       (its largest |weight| / 127), and PyTorch's dynamic quantization kernel (FBGEMM)
       rounds each input vector to 8 bits on the fly, multiplies in integers and scales the
-      result back to fp32. On this CPU that beats a weight-only int8 kernel by ~30%.
+      result back to fp32. On the CPUs measured that beat a weight-only int8 kernel by ~30%.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str):
         super().__init__()  # weight: (out, in) as in nn.Linear
-        self.dtype = dtype
         weight = weight.detach().float()
         bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
-        self.in_out = dtype == "fp32" and not onednn_is_faster(weight)
-        if dtype == "int8":
-            self.packed = _pack_int8(weight, bias)
-            return
+        self.kernel = _generation_kernel(weight, dtype)
         if dtype == "bf16":
             weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        elif self.in_out:
-            weight = weight.t().contiguous()  # (in, out) for addmm
+        if self.kernel == "fbgemm":
+            self.packed = _pack_int8(weight, bias)
+            return
+        if self.kernel == "onednn_packed":  # an opaque oneDNN tensor, so not a buffer
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        elif self.kernel == "addmm":
+            weight = weight.t().contiguous()  # (in, out)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)  # zeros for a layer without one
 
@@ -527,12 +537,14 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
-        if self.in_out:
+        if self.kernel == "addmm":
             out = torch.addmm(self.bias, rows, self.weight)
-        elif self.dtype == "fp32":
+        elif self.kernel == "onednn":
             out = linear(rows, self.weight, self.bias)
-        elif self.dtype == "int8":
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=True)
+        elif self.kernel == "onednn_packed":
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        elif self.kernel == "fbgemm":
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=not _CPU_HAS_VNNI)
         elif len(rows) == 1:
             out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
         else:
@@ -540,11 +552,22 @@ class PackedLinear(nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _generation_kernel(weight: torch.Tensor, dtype: str) -> str:
+    """Which of PackedLinear's kernels multiplies by `weight` (out, in) fastest in `dtype`."""
+    if dtype == "int8":
+        return "fbgemm"
+    if dtype == "bf16":
+        return "onednn_packed" if onednn_linear_available() and weight.device.type == "cpu" else "addmv"
+    return "onednn" if onednn_is_faster(weight) else "addmm"
+
+
 def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
     """Weight (out, in) rounded to int8 per output row, packed with the bias for the CPU kernel.
 
-    reduce_range keeps the on-the-fly input rounding to 7 bits, which older x86 CPUs need to
-    avoid overflow (PyTorch's default there); it changed nothing measurable in quality here.
+    The input vector is rounded to 8 bits, or to 7 on x86 CPUs without VNNI instructions,
+    whose int8 kernel could overflow otherwise (PyTorch's `reduce_range`). The extra bit
+    matters at near ties: on the course's checkpoint, 7 bits turned one exact fp32 tie into
+    a different greedy token (and every later one), 8 bits kept all 200 equal to fp32's.
     """
     scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
     zero_points = torch.zeros(len(scale), dtype=torch.long)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import gpt2
+from conftest import ONEDNN_USABLE
 
 CFG = {**gpt2.GPT_CONFIG_124M, "context_length": 32, "emb_dim": 48, "n_heads": 4, "n_layers": 2,
        "drop_rate": 0.0}
@@ -108,7 +109,9 @@ def test_fast_copy_for_generation_matches_the_model(model, matmul_backend):
     with torch.no_grad():
         reference = model(idx)
     fast = model.for_generation("fp32")
-    assert fast.out_head.in_out == (matmul_backend == "pytorch")
+    assert fast.out_head.kernel == {"pytorch": "addmm", "onednn": "onednn"}[matmul_backend]
+    assert model.for_generation("bf16").out_head.kernel == ("onednn_packed" if ONEDNN_USABLE
+                                                             else "addmv")
     with torch.no_grad():
         assert torch.allclose(fast(idx), reference, atol=1e-4)
     assert torch.equal(gpt2.generate(fast, idx, 40, CFG["context_length"]),
