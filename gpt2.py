@@ -279,8 +279,10 @@ _CPU_HAS_VNNI = any(flag in _cpu_description().split() for flag in ("avx512_vnni
 
 
 def onednn_linear_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear kernel (the one its compiler uses)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this PyTorch build has oneDNN's linear kernel and weight packing (the private
+    ops its compiler uses for linear layers on the CPU)."""
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
 
 
 # Whether `linear` sends fp32 CPU matmuls to oneDNN: on by itself where that is faster;
