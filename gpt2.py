@@ -268,6 +268,7 @@ def _mkl_is_slow_here() -> bool:
     return "AuthenticAMD" in _cpu_description()
 
 
+@functools.cache
 def _cpu_description() -> str:
     """The CPU's vendor, model and instruction-set flags as the system reports them."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -525,12 +526,13 @@ class PackedLinear(nn.Module):
         if self.kernel == "fbgemm":
             self.packed = _pack_int8(weight, bias)
             return
+        self.register_buffer("bias", bias)  # zeros for a layer without one
         if self.kernel == "onednn_packed":  # an opaque oneDNN tensor, so not a buffer
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-        elif self.kernel == "addmm":
+            return
+        if self.kernel == "addmm":
             weight = weight.t().contiguous()  # (in, out)
         self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)  # zeros for a layer without one
 
     @classmethod
     def from_linears(cls, layers: list[nn.Linear], dtype: str) -> PackedLinear:
@@ -542,7 +544,7 @@ class PackedLinear(nn.Module):
         if self.kernel == "addmm":
             out = torch.addmm(self.bias, rows, self.weight)
         elif self.kernel == "onednn":
-            out = linear(rows, self.weight, self.bias)
+            out = _onednn_mm(rows, self.weight, self.bias)
         elif self.kernel == "onednn_packed":
             out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif self.kernel == "fbgemm":
