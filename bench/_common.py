@@ -101,6 +101,19 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int
             for name, values in interleaved_times(runs, repeats, warmup).items()}
 
 
+def with_gpt2_global(name: str, value, step: Callable[[], object]) -> Callable[[], object]:
+    """`step`, run with gpt2.<name> set to `value` and restored afterwards: how a bench compares
+    two versions of one piece of the library (its dropout, its matmul library) in turns."""
+    def run():
+        before = getattr(gpt2, name)
+        setattr(gpt2, name, value)
+        try:
+            return step()
+        finally:
+            setattr(gpt2, name, before)
+    return run
+
+
 def paired_speedup(ours: list[float], theirs: list[float]) -> float:
     """Median over rounds of theirs / ours, each pair timed back to back.
 

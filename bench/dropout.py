@@ -15,7 +15,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from _common import base_parser, bench_config, emit, emit_ratios, interleaved_times, random_gpt, setup
+from _common import (base_parser, bench_config, emit, emit_ratios, interleaved_times, random_gpt,
+                     setup, with_gpt2_global)
 from train import BATCH, SEQ_LEN, make_optimizer, ours_logits, train_step
 
 import gpt2
@@ -25,17 +26,6 @@ DROPOUTS = {
     "pytorch": lambda x, p, training=True: F.dropout(x, p, training),
     "none": lambda x, p, training=True: x,
 }
-
-
-def with_dropout(name: str, step):
-    """`step`, run with the library's dropout function swapped for DROPOUTS[name]."""
-    def run():
-        gpt2.dropout = DROPOUTS[name]
-        try:
-            return step()
-        finally:
-            gpt2.dropout = DROPOUTS["ours"]
-    return run
 
 
 def share_of_step(times: dict[str, list[float]], name: str) -> float:
@@ -55,8 +45,9 @@ def main() -> None:
     batch = (torch.randint(0, config["vocab_size"], (BATCH, seq_len)),
              torch.randint(0, config["vocab_size"], (BATCH, seq_len)))
     times = interleaved_times(
-        {name: with_dropout(name, lambda: train_step(model, optimizer, ours_logits, batch))
-         for name in DROPOUTS}, args.repeats)
+        {name: with_gpt2_global("dropout", dropout,
+                                lambda: train_step(model, optimizer, ours_logits, batch))
+         for name, dropout in DROPOUTS.items()}, args.repeats)
     for name, values in times.items():
         emit(f"train_step_fp32_dropout_{name}", seconds=statistics.median(values))
     emit("dropout_share_of_step", ours=share_of_step(times, "ours"),

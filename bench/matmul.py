@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import (base_parser, bench_config, emit, emit_ratios, interleaved, interleaved_times,
-                     paired_speedup, random_gpt, setup)
+                     paired_speedup, random_gpt, setup, with_gpt2_global)
 from train import BATCH, SEQ_LEN, make_optimizer, ours_logits, train_step
 
 import gpt2
@@ -48,17 +48,6 @@ def compare_matmuls(config: dict, rows: int, repeats: int) -> None:
                  speedup=seconds["pytorch"] / seconds["onednn"])
 
 
-def with_onednn(enabled: bool, step):
-    """`step`, run with gpt2.ONEDNN_MATMUL set to `enabled` (and restored afterwards)."""
-    def run():
-        before, gpt2.ONEDNN_MATMUL = gpt2.ONEDNN_MATMUL, enabled
-        try:
-            return step()
-        finally:
-            gpt2.ONEDNN_MATMUL = before
-    return run
-
-
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.set_defaults(repeats=7)
@@ -76,8 +65,9 @@ def main() -> None:
     batch = (torch.randint(0, config["vocab_size"], (BATCH, seq_len)),
              torch.randint(0, config["vocab_size"], (BATCH, seq_len)))
     step = lambda: train_step(model, optimizer, ours_logits, batch)  # noqa: E731
-    times = interleaved_times({"onednn": with_onednn(True, step),
-                               "pytorch": with_onednn(False, step)}, args.repeats)
+    times = interleaved_times({"onednn": with_gpt2_global("ONEDNN_MATMUL", True, step),
+                               "pytorch": with_gpt2_global("ONEDNN_MATMUL", False, step)},
+                              args.repeats)
     for name, values in times.items():
         emit(f"train_step_fp32_matmul_{name}", seconds=statistics.median(values))
     emit_ratios({"train_step_onednn_vs_pytorch_matmul": paired_speedup(times["onednn"],

@@ -13,14 +13,19 @@ from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
 ONEDNN_USABLE = gpt2.onednn_linear_available()
 
 
+def use_onednn(monkeypatch, enabled: bool) -> None:
+    """fp32 CPU matmuls on oneDNN (gpt2.linear) for weights of every size, however small, or
+    on PyTorch's default."""
+    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", enabled)
+    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
+
+
 @pytest.fixture(params=["pytorch", "onednn"])
 def matmul_backend(request, monkeypatch) -> str:
-    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN (gpt2.linear),
-    the latter for matmuls of every size, however small."""
+    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN."""
     if request.param == "onednn" and not ONEDNN_USABLE:
         pytest.skip("this PyTorch has no oneDNN linear kernel")
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", request.param == "onednn")
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
+    use_onednn(monkeypatch, request.param == "onednn")
     return request.param
 
 

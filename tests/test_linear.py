@@ -4,16 +4,14 @@ import torch
 import torch.nn.functional as F
 
 import gpt2
-from conftest import ONEDNN_USABLE
+from conftest import ONEDNN_USABLE, use_onednn
 
 pytestmark = pytest.mark.skipif(not ONEDNN_USABLE, reason="this PyTorch has no oneDNN linear kernel")
 
 
 @pytest.fixture
 def onednn(monkeypatch):
-    """oneDNN for every fp32 CPU matmul, however small."""
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", True)
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
+    use_onednn(monkeypatch, True)
 
 
 def on_onednn(y: torch.Tensor) -> bool:
@@ -70,15 +68,15 @@ def test_linear_leaves_autocast_other_dtypes_and_small_matmuls_to_pytorch(onednn
     assert not on_onednn(gpt2.linear(big_x, big_weight))
 
 
-def test_gpt_model_has_the_same_loss_and_gradients_on_either_matmul_library(onednn, monkeypatch):
+def test_gpt_model_has_the_same_loss_and_gradients_on_either_matmul_library(monkeypatch):
     config = {**gpt2.GPT_CONFIG_124M, "vocab_size": 500, "context_length": 32, "emb_dim": 64,
               "n_heads": 4, "n_layers": 2, "drop_rate": 0.0}
     torch.manual_seed(2)
     start = gpt2.GPTModel(config).state_dict()
     batch = torch.randint(0, 500, (2, 33))
     results = []
-    for onednn in (False, True):
-        monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", onednn)
+    for enabled in (False, True):
+        use_onednn(monkeypatch, enabled)
         model = gpt2.GPTModel(config)
         model.load_state_dict(start)
         assert isinstance(model.out_head, torch.nn.Linear)  # the book's layer, keys unchanged
