@@ -76,21 +76,20 @@ def config_from_hparams(hparams: dict) -> dict:
 
 def get_device(name: str = "auto") -> torch.device:
     """The device to run on: `name` itself, or for "auto" cuda, then Apple's mps, then cpu."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+                 "cpu": True}
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
+        name = next(kind for kind, there in available.items() if there)
+    kind = name.split(":")[0]
+    if kind not in available:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if not available[kind]:
+        raise ValueError(f"this machine has no {kind} device (or this PyTorch was built without "
+                         "it); use --device cpu, or auto to pick what is there")
     try:
-        device = torch.device(name)
-    except RuntimeError:
+        return torch.device(name)
+    except RuntimeError:  # e.g. "cuda:x"
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("this machine has no CUDA GPU (or this PyTorch was built without CUDA); "
-                         "use --device cpu, or auto to pick what is there")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("Apple's mps device is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"the course runs on cpu, cuda or mps, not {name!r}")
-    return device
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 2: text and data
@@ -744,14 +743,7 @@ def load_model_for_cli(args: argparse.Namespace, device: torch.device) -> GPTMod
                             f"--checkpoint {COURSE_CHECKPOINT}") from None
 
 
-def plain_for_generation(model: GPTModel, dtype: str) -> GPTModel:
-    """The model itself in fp32 or bf16; `python gpt2.py` uses gpt2_fast.for_generation instead."""
-    if dtype == "int8":
-        raise ValueError("int8 generation needs gpt2_fast.for_generation (python gpt2.py uses it)")
-    return model.to(torch.bfloat16) if dtype == "bf16" else model
-
-
-def run_cli(args: argparse.Namespace, for_generation=plain_for_generation) -> None:
+def run_cli(args: argparse.Namespace, for_generation) -> None:
     torch.manual_seed(args.seed)
     device = get_device(args.device)
     model = load_model_for_cli(args, device)
@@ -782,8 +774,9 @@ def run_cli(args: argparse.Namespace, for_generation=plain_for_generation) -> No
               f"in {args.dtype}, {n_parameters:,} parameters]", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None, for_generation=plain_for_generation) -> int:
-    """The command line; `for_generation(model, dtype)` prepares the model to generate."""
+def main(argv: list[str] | None, for_generation) -> int:
+    """The command line; `for_generation(model, dtype)` prepares the model to generate
+    (`gpt2_fast.for_generation` when run as a script)."""
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -803,4 +796,4 @@ if __name__ == "__main__":
     # itself never imports the speed module.
     import gpt2_fast
 
-    sys.exit(gpt2_fast.gpt2.main(for_generation=gpt2_fast.for_generation))
+    sys.exit(gpt2_fast.gpt2.main(sys.argv[1:], gpt2_fast.for_generation))
