@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import gpt2
 import gpt_download
-from gpt_download import DATA_DIR, DEFAULT_MODELS_DIR, MODEL_SIZES, DownloadError
+from gpt_download import DATA_DIR, DEFAULT_MODELS_DIR, DownloadError
 
 HELLASWAG_FILE = "hellaswag_val.jsonl"
 DEFAULT_DATA_PATH = DATA_DIR / HELLASWAG_FILE
@@ -228,7 +228,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", type=Path,
                        help="a .pth saved by gpt2.save_checkpoint; used instead of --model-size")
-    which.add_argument("--model-size", default="124M", choices=MODEL_SIZES,
+    which.add_argument("--model-size", default="124M", choices=gpt2.MODEL_CONFIGS,
                        help="which OpenAI GPT-2 to score (default: %(default)s)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                         help="where OpenAI's checkpoints are kept (default: %(default)s)")
