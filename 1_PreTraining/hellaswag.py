@@ -203,7 +203,7 @@ def format_report(result: dict) -> str:
                      ("acc_norm", "lowest loss per ending token")):
         share = result[key]
         error = math.sqrt(share * (1 - share) / n)  # one standard error of a share of n
-        lines.append(f"{key:<9}{share:6.1%} +- {error:.1%}  ({how})")
+        lines.append(f"{key:<9}{share:6.1%} +- {100 * error:.1f} points  ({how})")
     lines.append(f"reference: random guessing {RANDOM_ACCURACY:.1%}; OpenAI's GPT-2 124M about "
                  f"{GPT2_124M_ACC_NORM:.1%} acc_norm (as reproductions of it report)")
     return "\n".join(lines)
