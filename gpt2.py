@@ -6,7 +6,8 @@ the tokenizer and data loader (chapter 2), attention (chapter 3), the model (cha
 generation, training and OpenAI's weights (chapter 5), and the command line.
 
 The classes use PyTorch's plain building blocks, as the chapters do. `gpt2_fast.py` swaps faster
-CPU layers into a model with one call (`gpt2_fast.accelerate(model)`); this file never needs it.
+CPU layers into a model with one call (`gpt2_fast.accelerate(model)`); the library never imports
+it, and only `python gpt2.py`, run as a script, generates with it.
 
     python gpt2.py --prompt "Every effort moves you" --max-new-tokens 40
     python gpt2.py --help
