@@ -431,7 +431,7 @@ class MultiHeadAttention(nn.Module):
 
     def _attend_with_dropout(self, queries: torch.Tensor, keys: torch.Tensor,
                              values: torch.Tensor) -> torch.Tensor:
-        """Chapter 2's causal attention, step by step: the fastest way to train on a CPU.
+        """Chapter 3's causal attention, step by step: the fastest way to train on a CPU.
 
         SDPA's CPU kernel cannot apply dropout, so with dropout it falls back to these same
         steps, plus extra passes over the (t, t) scores and PyTorch's slower dropout mask.
@@ -455,7 +455,7 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same maths as the by-hand version in chapter 3 (biased variance), in one fused kernel.
+        # Same maths as the by-hand version in chapter 4 (biased variance), in one fused kernel.
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
 
 
