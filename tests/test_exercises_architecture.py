@@ -1,4 +1,4 @@
-"""The checks of chapter 3's exercises: wrong answers are rejected, right ones accepted.
+"""The checks of chapter 4's exercises: wrong answers are rejected, right ones accepted.
 
 The right answers are worked out here from first principles (shapes of the weight matrices),
 independently of the checks, which build the models.

@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter 3, the GPT architecture.
+"""Checks for the exercises of chapter 4, "The GPT architecture".
 
 Every expected number is computed here from `gpt2.py`: the models are built on PyTorch's "meta"
 device, which records each tensor's shape but allocates no memory, so even GPT-2 XL (1.6 billion
