@@ -33,6 +33,9 @@ except ImportError:
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_MODELS_DIR = DATA_DIR / "gpt2"
+# The course's own pretrained model (OpenAI's weights cannot be had everywhere), made by
+# `python 1_PreTraining/pretrain.py`.
+COURSE_CHECKPOINT = DATA_DIR / "course-model" / "model.pth"
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
 MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
