@@ -287,7 +287,7 @@ def prepare_stream(documents: Iterable[str], source: str, folder: Path, shard_to
     buffer = np.empty(shard_tokens, dtype=TOKEN_DTYPE)
     filled, document, skip = 0, index["next_document"], index["next_offset"]
     workers = workers or max(1, (os.cpu_count() or 1) - 1)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool, \
+    with multiprocessing.Pool(workers) as pool, \
             tqdm(desc="tokenising", unit=" docs", initial=document) as bar:
         stream = itertools.islice(documents, document, None)
         for tokens in pool.imap(tokenize_document, stream, chunksize=16):

@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "0_Basics"))
+sys.path.append(str(ROOT / "1_PreTraining"))  # pretrain.py and token_shards.py
 
 import gpt2  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
