@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -37,13 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import gpt2
+import gpt2_fast
 import gpt_download
+import hellaswag
 import token_shards
-
-try:
-    import gpt2_fast
-except ImportError:  # main gains gpt2_fast with issue 11; until then gpt2's own layers run
-    gpt2_fast = None
 
 DEFAULT_OUT_DIR = gpt_download.COURSE_CHECKPOINT.parent
 # Dense bf16 tensor-core peaks (FLOP/s) by a name that appears in torch.cuda.get_device_name.
@@ -57,27 +53,6 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # The process
 # ---------------------------------------------------------------------------------------------
-
-
-def tune_malloc() -> None:
-    """Keep freed memory in glibc's heap instead of handing it back to the kernel.
-
-    A training step allocates and frees the same large tensors (logits, their gradients)
-    every time. By default glibc serves each one with a fresh mmap and unmaps it when freed,
-    so the next step page-faults all that memory in again (~314,000 faults per 124M step in
-    the README's measurements). Turning off mmap for large blocks and never trimming the heap
-    lets the next step reuse the pages. It is process-wide, which is why a script (that owns
-    its process) sets it and the library does not. Linux with glibc only; a no-op elsewhere.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl)
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
 
 
 @dataclass
@@ -94,11 +69,14 @@ class Dist:
 
 def setup_process(device_name: str) -> Dist:
     """Join the process group when started by torchrun (RANK/WORLD_SIZE set), else run alone."""
+    try:
+        device = gpt2.get_device(device_name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if "RANK" not in os.environ:
-        return Dist(0, 1, gpt2.get_device(device_name))
+        return Dist(0, 1, device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = gpt2.get_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -115,7 +93,7 @@ def setup_cuda() -> None:
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX-512 BF16): there bf16 autocast
     trains faster than fp32; elsewhere bf16 is emulated and slower."""
-    flags = gpt2._cpu_description().split()
+    flags = gpt2_fast._cpu_description().split()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
@@ -214,8 +192,8 @@ def build_model(cfg: dict, tie_weights: bool, device: torch.device) -> gpt2.GPTM
         model.out_head.weight = model.tok_emb.weight
     init_weights(model)
     model.to(device)
-    if device.type == "cpu" and gpt2_fast is not None:
-        gpt2_fast.accelerate(model)
+    if device.type == "cpu":
+        gpt2_fast.accelerate(model)  # faster CPU layers, same parameters and state-dict keys
     return model
 
 
@@ -276,6 +254,7 @@ class Trainer:
     accum: int
     dtype: torch.dtype | None
     seed: int
+    hellaswag_examples: list[dict]
 
     def step(self, position: DataPosition, lr: float, grad_clip: float) -> tuple[float, float]:
         """One optimisation step; returns (mean loss over all ranks, gradient norm)."""
@@ -455,6 +434,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                      help="steps between validation, sample and checkpoint")
     out.add_argument("--eval-batches", type=int, default=20,
                      help="validation micro-batches (the first windows of the split)")
+    out.add_argument("--eval-hellaswag", type=int, default=0, metavar="N",
+                     help="also score the first N HellaSwag examples at each evaluation (0: off)")
     out.add_argument("--prompt", default="ROMEO:", help="start of the greedy sample")
     out.add_argument("--sample-tokens", type=int, default=40)
     out.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
@@ -474,7 +455,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("warmup", "sample_tokens", "grad_clip", "weight_decay", "lr", "min_lr"):
+    for name in ("warmup", "sample_tokens", "eval_hellaswag", "grad_clip", "weight_decay", "lr", "min_lr"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not 0 <= args.dropout < 1:
@@ -523,7 +504,7 @@ def load_windows(args: argparse.Namespace, world: int, accum: int, is_main: bool
 
 
 def run(args: argparse.Namespace) -> None:
-    tune_malloc()
+    gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     check_args(args)
     rank_dist = setup_process(args.device)
     device, is_main = rank_dist.device, rank_dist.is_main
@@ -549,8 +530,9 @@ def run(args: argparse.Namespace) -> None:
     model = torch.compile(raw) if args.compile else raw
     if rank_dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    examples = hellaswag.load_hellaswag(limit=args.eval_hellaswag) if args.eval_hellaswag and is_main else []
     trainer = Trainer(model, raw, optimizer, train, val, rank_dist, args.batch_size, accum,
-                      autocast_dtype(args.dtype, device), args.seed)
+                      autocast_dtype(args.dtype, device), args.seed, examples)
 
     log_path = args.out_dir / "log.jsonl"
     if is_main:
@@ -612,6 +594,9 @@ def evaluate_and_save(trainer: Trainer, args: argparse.Namespace, step: int,
         return {}
     result = {"val_loss": trainer.val_loss(args.eval_batches),
               "sample": trainer.sample(args.prompt, args.sample_tokens)}
+    if trainer.hellaswag_examples:
+        scores = hellaswag.evaluate_hellaswag(trainer.raw, trainer.hellaswag_examples, progress=False)
+        result.update(hellaswag_acc=scores["acc"], hellaswag_acc_norm=scores["acc_norm"])
     save_atomically(training_state(trainer, step, position, args, rngs),
                     args.out_dir / "checkpoint.pth")
     return result
@@ -621,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, token_shards.CorpusError, gpt_download.DownloadError) as err:
+    except (UsageError, token_shards.CorpusError, gpt_download.DownloadError,
+            hellaswag.MalformedExampleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
