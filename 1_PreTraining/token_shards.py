@@ -303,7 +303,7 @@ def prepare_stream(documents: Iterable[str], source: str, folder: Path, shard_to
                     filled = 0
             document += 1
             bar.update()
-            bar.set_postfix(shards=done, refresh=False)
+            bar.set_postfix(shards=done, tokens=f"{done * shard_tokens + filled:,}", refresh=False)
     if filled:
         done = _add_shard(folder, index, done, buffer[:filled], document, 0)
     if not index["val"]:
