@@ -481,16 +481,31 @@ def accumulation_steps(batch_tokens: int | None, batch_size: int, context: int, 
     return batch_tokens // per_micro_step
 
 
-def load_windows(args: argparse.Namespace, world: int, accum: int, is_main: bool
-                 ) -> tuple[TokenWindows, TokenWindows]:
-    """Tokenise (rank 0, once) and open the train and validation windows."""
-    if is_main:
-        folder = token_shards.prepare_tokens(args.dataset, args.tokens_dir, args.val_fraction,
-                                             args.shard_tokens, args.workers)
-    if world > 1:
-        holder = [folder if is_main else None]
+def prepare_on_main(args: argparse.Namespace, rank_dist: Dist) -> tuple[Path, list[dict]]:
+    """Rank 0 tokenises the corpus (once) and loads any HellaSwag examples; the other ranks
+    wait for it, and stop with the same message if it could not."""
+    folder, examples, error = None, [], None
+    if rank_dist.is_main:
+        try:
+            folder = token_shards.prepare_tokens(args.dataset, args.tokens_dir, args.val_fraction,
+                                                 args.shard_tokens, args.workers)
+            if args.eval_hellaswag:
+                examples = hellaswag.load_hellaswag(limit=args.eval_hellaswag)
+        except (token_shards.CorpusError, gpt_download.DownloadError,
+                hellaswag.MalformedExampleError) as err:
+            error = str(err)
+    if rank_dist.world > 1:
+        holder = [(folder, error)]
         dist.broadcast_object_list(holder)  # the others wait here until the shards exist
-        folder = holder[0]
+        folder, error = holder[0]
+    if error is not None:
+        raise UsageError(error)
+    return folder, examples
+
+
+def load_windows(args: argparse.Namespace, folder: Path, world: int, accum: int
+                 ) -> tuple[TokenWindows, TokenWindows]:
+    """The train and validation windows, refused if a step cannot be filled."""
     train = TokenWindows(token_shards.load_split(folder, "train"), args.context)
     val = TokenWindows(token_shards.load_split(folder, "val"), args.context)
     per_step = args.batch_size * accum * world
@@ -514,7 +529,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = model_config(args)
     checkpoint_path = args.out_dir / "checkpoint.pth"
     resume = load_resume_state(checkpoint_path, cfg, args.tie_weights) if args.resume else None
-    train, val = load_windows(args, rank_dist.world, accum, is_main)
+    folder, examples = prepare_on_main(args, rank_dist)
+    train, val = load_windows(args, folder, rank_dist.world, accum)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     raw = build_model(cfg, args.tie_weights, device)
@@ -530,7 +546,6 @@ def run(args: argparse.Namespace) -> None:
     model = torch.compile(raw) if args.compile else raw
     if rank_dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    examples = hellaswag.load_hellaswag(limit=args.eval_hellaswag) if args.eval_hellaswag and is_main else []
     trainer = Trainer(model, raw, optimizer, train, val, rank_dist, args.batch_size, accum,
                       autocast_dtype(args.dtype, device), args.seed, examples)
 
@@ -606,8 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         run(args)
-    except (UsageError, token_shards.CorpusError, gpt_download.DownloadError,
-            hellaswag.MalformedExampleError) as err:
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
