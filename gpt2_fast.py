@@ -64,6 +64,7 @@ def mkl_is_slow_here() -> bool:
     return "AuthenticAMD" in _cpu_description()
 
 
+@functools.cache
 def cpu_has_vnni() -> bool:
     """x86 instructions that multiply int8 without the overflow older CPUs risk (_pack_int8)."""
     return any(flag in _cpu_description().split() for flag in ("avx512_vnni", "avx_vnni"))
@@ -333,6 +334,7 @@ class PackedLinear(nn.Module):
             weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
         if self.kernel == "fbgemm":
             self.packed = _pack_int8(weight, bias)
+            self.reduce_range = not cpu_has_vnni()
             return
         self.register_buffer("bias", bias)  # zeros for a layer without one
         if self.kernel == "onednn_packed":  # an opaque oneDNN tensor, so not a buffer
@@ -356,7 +358,7 @@ class PackedLinear(nn.Module):
         elif self.kernel == "onednn_packed":
             out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif self.kernel == "fbgemm":
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=not cpu_has_vnni())
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=self.reduce_range)
         elif len(rows) == 1:
             out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
         else:
