@@ -1,8 +1,12 @@
 """GPT-2 from scratch: the course's library and command-line generator.
 
-Everything the notebooks build step by step lives here in its finished form, under the names of
-the book "Build a Large Language Model (From Scratch)": the tokenizer, the sliding-window data
-loader, the model (GPTModel), text generation, the training loop, and loading OpenAI's weights.
+Everything the notebooks build step by step lives here in its finished form, in the order the
+course builds it and under the names of the book "Build a Large Language Model (From Scratch)":
+the tokenizer and data loader (chapter 2), attention (chapter 3), the model (chapter 4),
+generation, training and OpenAI's weights (chapter 5), and the command line.
+
+The classes use PyTorch's plain building blocks, as the chapters do. `gpt2_fast.py` swaps faster
+CPU layers into a model with one call (`gpt2_fast.accelerate(model)`); this file never needs it.
 
     python gpt2.py --prompt "Every effort moves you" --max-new-tokens 40
     python gpt2.py --help
@@ -11,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import copy
 import functools
 import importlib.util
-import os
-import platform
+import pickle
+import re
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -31,13 +35,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import gpt_download
-from gpt_download import DATA_DIR, DEFAULT_MODELS_DIR, MODEL_SIZES, DownloadError
-
-# True when the test suite asks every notebook for a short run (GPT2_QUICK=1).
-QUICK = os.environ.get("GPT2_QUICK", "") not in ("", "0")
+from gpt_download import COURSE_CHECKPOINT, DATA_DIR, DEFAULT_MODELS_DIR, DownloadError
 
 # ---------------------------------------------------------------------------------------------
-# Configurations
+# Configurations and devices
 # ---------------------------------------------------------------------------------------------
 
 GPT_CONFIG_124M = {
@@ -50,12 +51,10 @@ GPT_CONFIG_124M = {
     "qkv_bias": False,       # OpenAI's weights have biases on q, k, v; a fresh model needn't
 }
 
-# Width, depth and heads of the four released GPT-2 sizes.
+# Width, depth and heads of the four released GPT-2 sizes, from OpenAI's hparams.json values.
 MODEL_CONFIGS = {
-    "124M": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
-    "355M": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
-    "774M": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
-    "1558M": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+    size: {"emb_dim": h["n_embd"], "n_layers": h["n_layer"], "n_heads": h["n_head"]}
+    for size, h in gpt_download.GPT2_SIZES.items()
 }
 
 
@@ -77,20 +76,27 @@ def config_from_hparams(hparams: dict) -> dict:
 
 def get_device(name: str = "auto") -> torch.device:
     """The device to run on: `name` itself, or for "auto" cuda, then Apple's mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else (
+            "mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("this machine has no CUDA GPU (or this PyTorch was built without CUDA); "
+                         "use --device cpu, or auto to pick what is there")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("Apple's mps device is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"the course runs on cpu, cuda or mps, not {name!r}")
+    return device
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer
+# Chapter 2: text and data
 # ---------------------------------------------------------------------------------------------
 
 ENDOFTEXT = "<|endoftext|>"
-BPE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"
 # GPT-2's pre-tokenizer: contractions, letter runs, digit runs, other symbols, spaces.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -126,7 +132,7 @@ def _find_bpe_files(bpe_dir: str | None) -> Path:
             return folder
     folder = DATA_DIR / "gpt2-bpe"
     for name, sha in gpt_download.BPE_SHA256.items():
-        gpt_download.download_file(f"{BPE_URL}/{name}", folder / name, sha256=sha)
+        gpt_download.download_file(f"{gpt_download.BPE_URL}/{name}", folder / name, sha256=sha)
     return folder
 
 
@@ -143,10 +149,6 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding) -> torch.Tensor:
 def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> str:
     """Decode a (1, n) or (n,) tensor of token ids back to text."""
     return tokenizer.decode(token_ids.squeeze(0).tolist())
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
 
 
 class GPTDatasetV1(Dataset):
@@ -183,8 +185,9 @@ def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, s
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers)
 
+
 # ---------------------------------------------------------------------------------------------
-# Model
+# Chapter 3: attention
 # ---------------------------------------------------------------------------------------------
 
 
@@ -213,163 +216,12 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
-MASK_LEVELS = 2 ** 16  # dropout draws one 16-bit number per value: p is rounded to 1/65536ths
-
-
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """F.dropout, with the CPU's mask drawn by `dropout_mask` (same maths, faster).
-
-    A GPT-2 124M training step (batch 4 x 256) drops out ~57 million numbers. Against the same
-    step without dropout, PyTorch's CPU dropout took 13-17% of an fp32 step here, this one
-    7-10% (masks, multiplies and the memory they need; bench/dropout.py). GPUs fuse dropout
-    into one kernel, so they keep F.dropout.
-    """
-    drop_levels = round(p * MASK_LEVELS) if 0.0 < p < 1.0 else 0
-    if not training or not 0 < drop_levels < MASK_LEVELS or x.device.type != "cpu":
-        return F.dropout(x, p, training)  # also the cases p ~ 0, p ~ 1 and a p out of range
-    return x * dropout_mask(x.shape, drop_levels, x.dtype)
-
-
-def dropout_mask(shape: tuple[int, ...], drop_levels: int,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """0 with probability drop_levels / 65536, else 65536 / (65536 - drop_levels): a dropout
-    mask, its kept values scaled so that the mask's mean is exactly 1.
-
-    Two things make it fast on a CPU. The random numbers come from NumPy's PCG64 generator,
-    which fills an array several times faster than PyTorch's CPU generator (a Mersenne
-    Twister that makes one number at a time). And 16 bits per value are plenty: p = 0.1
-    becomes 6554 of the 65536 levels, a drop rate of 0.100006. The generator's seed is drawn
-    from PyTorch's, so torch.manual_seed still makes a training run repeatable.
-    """
-    seed = torch.randint(2 ** 62, ()).item()
-    levels = np.random.Generator(np.random.PCG64(seed)).integers(
-        0, MASK_LEVELS, size=shape, dtype=np.uint16)
-    keep = torch.from_numpy(levels >= drop_levels)
-    return keep.to(dtype).mul_(MASK_LEVELS / (MASK_LEVELS - drop_levels))
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout computed by `dropout` above: same p, same train/eval behaviour."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-
-def _mkl_is_slow_here() -> bool:
-    """True on x86 CPUs not made by Intel, where oneDNN multiplies fp32 matrices faster.
-
-    PyTorch's CPU matmuls call Intel's MKL, which gives other makers' CPUs a slower code
-    path. oneDNN, also inside PyTorch, chooses its kernels by what the CPU can do. On this
-    course's 2-core AMD EPYC (Zen 5), oneDNN ran GPT-2's fp32 matmuls 1.7-2.4x faster than
-    MKL (bench/matmul.py). On Intel CPUs and non-x86 machines, PyTorch's default stays.
-    """
-    if platform.machine().lower() not in ("x86_64", "amd64") or not onednn_linear_available():
-        return False
-    return "AuthenticAMD" in _cpu_description()
-
-
-@functools.cache
-def _cpu_description() -> str:
-    """The CPU's vendor, model and instruction-set flags as the system reports them."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.read_text(errors="replace") if cpuinfo.exists() else platform.processor()
-
-
-# x86 instructions that multiply int8 without the overflow older CPUs risk (see _pack_int8).
-_CPU_HAS_VNNI = any(flag in _cpu_description().split() for flag in ("avx512_vnni", "avx_vnni"))
-
-
-def onednn_linear_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear kernel and weight packing (the private
-    ops its compiler uses for linear layers on the CPU)."""
-    return torch.backends.mkldnn.is_available() and all(
-        hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
-
-
-# Whether `linear` sends fp32 CPU matmuls to oneDNN: on by itself where that is faster;
-# set it to False to compare against PyTorch's default (bench/matmul.py does).
-ONEDNN_MATMUL = _mkl_is_slow_here()
-# Layers whose weight has a side under this stay with PyTorch's default: there oneDNN's set-up
-# (~15-20 us a call) and its kernels for narrow matrices lost to MKL on the course's AMD CPU,
-# while from 256 x 256 up it was as fast or faster, even for one row at a time.
-ONEDNN_MIN_SIDE = 256
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear (x @ weight.T + bias), computed by oneDNN where that is faster."""
-    if x.dtype == weight.dtype and onednn_is_faster(weight):
-        return OneDNNLinear.apply(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def onednn_is_faster(weight: torch.Tensor) -> bool:
-    """Whether oneDNN multiplies by `weight` faster than PyTorch's default: an fp32 CPU weight
-    wide enough to repay its set-up, on a CPU where MKL is slow. Not under autocast, which
-    already sends its bf16 matmuls to oneDNN."""
-    return (ONEDNN_MATMUL and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and min(weight.shape) >= ONEDNN_MIN_SIDE and not torch.is_autocast_enabled("cpu"))
-
-
-def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-               ) -> torch.Tensor:
-    """x (..., in) @ weight.T + bias on oneDNN, for weight (out, in); both may be strided views."""
-    rows = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-class OneDNNLinear(torch.autograd.Function):
-    """A linear layer's forward and backward passes, every matmul on oneDNN.
-
-    The backward pass is the one every linear layer has, for y = x W^T + b:
-    dx = dy W, dW = dy^T x, db = dy summed over all rows.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-                ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_mm(x, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        dy = dy.contiguous().view(-1, weight.shape[0])  # (rows, out)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = _onednn_mm(dy, weight.t()).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            dw = _onednn_mm(dy.t(), x.reshape(-1, x.shape[-1]).t())  # (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(0)
-        return dx, dw, db
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state-dict keys) computed by `linear` above."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-def linears_side_by_side(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight (sum of outs, in) and bias of one Linear computing all of `layers` at once, its
-    output their outputs concatenated. A single layer's own tensors come back as they are:
-    torch.cat would copy them (GPT-2 124M's head alone is 147 MiB)."""
-    if len(layers) == 1:
-        return layers[0].weight, layers[0].bias
-    bias = None if layers[0].bias is None else torch.cat([layer.bias for layer in layers])
-    return torch.cat([layer.weight for layer in layers]), bias
-
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with several heads, computed by PyTorch's fused SDPA kernel
-    (except when training on the CPU, see `_attend_with_dropout`).
+    """Causal self-attention with several heads (chapter 3), optionally over a KV cache.
 
     `context_length` stays in the signature to match the book, whose version stores a causal
-    mask of that size; SDPA builds the mask itself, so nothing here needs it.
+    mask of that size; PyTorch's attention kernel builds the mask itself, so nothing here needs it.
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
@@ -379,70 +231,46 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
         self.d_out, self.num_heads = d_out, num_heads
         self.head_dim = d_out // num_heads
-        self.dropout = dropout
-        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = Linear(d_out, d_out)
-        self.W_qkv = None  # the three fused into one, in copies made by GPTModel.for_generation
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape  # (b, t, d_out) -> (b, heads, t, head_dim)
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values, each (b, heads, t, head_dim).
-
-        One matrix multiply with the three weights side by side beats three (~5% of a
-        training step here). Putting them side by side copies them, though, which costs
-        more than it saves when a step is a single token, so only training does it (and
-        GPTModel.for_generation copies store them fused once and for all).
-        """
-        if self.W_qkv is not None:
-            return self._split_qkv(self.W_qkv(x))
-        layers = [self.W_query, self.W_key, self.W_value]
-        if torch.is_grad_enabled():
-            return self._split_qkv(linear(x, *linears_side_by_side(layers)))
-        return tuple(self._split_heads(layer(x)) for layer in layers)
-
-    def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, t, _ = qkv.shape  # (b, t, 3 * d_out) -> 3 x (b, heads, t, head_dim)
-        qkv = qkv.view(b, t, 3, self.num_heads, self.head_dim)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        queries, keys, values = self._project(x)
+        queries, keys, values = self.project(x)  # each (b, heads, t, head_dim)
         past = 0
-        if cache is not None:
+        if cache is not None:  # generation: the new tokens also attend to the cached ones
             past = cache.length
             keys, values = cache.append(keys, values)
-        if self.training and self.dropout and cache is None and x.device.type == "cpu":
-            context = self._attend_with_dropout(queries, keys, values)
-        else:
-            mask = None
-            if past and t > 1:  # new tokens see all cached ones and the new ones before them
-                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-            context = F.scaled_dot_product_attention(
-                queries, keys, values, attn_mask=mask, is_causal=(past == 0 and t > 1),
-                dropout_p=self.dropout if self.training else 0.0,
-            )  # (b, heads, t, head_dim)
-        return self.out_proj(context.transpose(1, 2).reshape(b, t, self.d_out))
+        context = self.attend(queries, keys, values, past)  # (b, heads, t, head_dim)
+        return self.out_proj(context.transpose(1, 2).reshape(b, t, self.d_out))  # merge heads
 
-    def _attend_with_dropout(self, queries: torch.Tensor, keys: torch.Tensor,
-                             values: torch.Tensor) -> torch.Tensor:
-        """Chapter 2's causal attention, step by step: the fastest way to train on a CPU.
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each split into heads: (b, t, d_out) -> (b, heads, t, head_dim)."""
+        b, t, _ = x.shape
+        return tuple(layer(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                     for layer in (self.W_query, self.W_key, self.W_value))
 
-        SDPA's CPU kernel cannot apply dropout, so with dropout it falls back to these same
-        steps, plus extra passes over the (t, t) scores and PyTorch's slower dropout mask.
+    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               past: int = 0) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim), future positions masked) v, dropout on the weights.
+
+        These are chapter 3's steps, in one fused PyTorch kernel. The `past` cached tokens are
+        visible to every query; among the new tokens each query sees itself and those before it.
         """
-        b, heads, t, head_dim = queries.shape
-        q, k, v = (x.reshape(b * heads, t, head_dim) for x in (queries, keys, values))
-        future = torch.full((t, t), float("-inf"), device=q.device).triu_(1)  # 0 on and below
-        # future + q k^T / sqrt(head_dim) in one call; adding -inf masks like masked_fill does
-        scores = torch.baddbmm(future, q, k.transpose(1, 2), alpha=head_dim ** -0.5)  # (b*heads, t, t)
-        weights = dropout(torch.softmax(scores, dim=-1), self.dropout)
-        return (weights @ v).view(b, heads, t, head_dim)
+        t = queries.shape[2]
+        mask = None
+        if past and t > 1:
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=queries.device).tril(past)
+        return F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=mask, is_causal=(past == 0 and t > 1),
+            dropout_p=self.dropout.p if self.training else 0.0)
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: the GPT model
+# ---------------------------------------------------------------------------------------------
 
 
 class LayerNorm(nn.Module):
@@ -455,7 +283,7 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same maths as the by-hand version in chapter 3 (biased variance), in one fused kernel.
+        # Same maths as the by-hand version in chapter 4 (biased variance), in one fused kernel.
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
 
 
@@ -472,7 +300,7 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         d = cfg["emb_dim"]
-        self.layers = nn.Sequential(Linear(d, 4 * d), GELU(), Linear(4 * d, d))
+        self.layers = nn.Sequential(nn.Linear(d, 4 * d), GELU(), nn.Linear(4 * d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -488,98 +316,12 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"])
         self.norm2 = LayerNorm(cfg["emb_dim"])
-        self.drop_shortcut = Dropout(cfg["drop_rate"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
-
-# Number formats a model can be prepared to generate in (GPTModel.for_generation).
-GENERATION_DTYPES = ("fp32", "bf16", "int8")
-
-
-class PackedLinear(nn.Module):
-    """A frozen Linear layer for generation, its weight stored the way this CPU reads it fastest.
-
-    Generating one token multiplies a single vector by every weight matrix, so a step costs
-    about the time a kernel takes to go through all the weights once. Which kernel and layout
-    do that fastest depends on the number format (bench/generate.py measures them):
-    - fp32: oneDNN's kernel (see `linear`) where it is faster, in nn.Linear's [out, in];
-      otherwise the weight transposed to [in, out] for addmm, ~20% faster than [out, in] there;
-    - bf16: half the bytes, reordered once into oneDNN's blocked layout, which its kernel
-      streams at 44-48 GB/s against 18-28 for a plain [out, in] matrix on the course's AMD CPU;
-      without oneDNN, [out, in] with the matrix-vector kernel (addmv) for a single vector;
-    - int8: a quarter of the bytes. Each output row is rounded to int8 with its own scale
-      (its largest |weight| / 127), and PyTorch's dynamic quantization kernel (FBGEMM)
-      rounds each input vector to 8 bits on the fly, multiplies in integers and scales the
-      result back to fp32. On the CPUs measured that beat a weight-only int8 kernel by ~30%.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str):
-        super().__init__()  # weight: (out, in) as in nn.Linear
-        weight = weight.detach().float()
-        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
-        self.kernel = _generation_kernel(weight, dtype)
-        if dtype == "bf16":
-            weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        if self.kernel == "fbgemm":
-            self.packed = _pack_int8(weight, bias)
-            return
-        self.register_buffer("bias", bias)  # zeros for a layer without one
-        if self.kernel == "onednn_packed":  # an opaque oneDNN tensor, so not a buffer
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-            return
-        if self.kernel == "addmm":
-            weight = weight.t().contiguous()  # (in, out)
-        self.register_buffer("weight", weight)
-
-    @classmethod
-    def from_linears(cls, layers: list[nn.Linear], dtype: str) -> PackedLinear:
-        """One layer computing all of `layers` side by side (outputs concatenated)."""
-        return cls(*linears_side_by_side(layers), dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (b * t, in)
-        if self.kernel == "addmm":
-            out = torch.addmm(self.bias, rows, self.weight)
-        elif self.kernel == "onednn":
-            out = _onednn_mm(rows, self.weight, self.bias)
-        elif self.kernel == "onednn_packed":
-            out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        elif self.kernel == "fbgemm":
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=not _CPU_HAS_VNNI)
-        elif len(rows) == 1:
-            out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
-        else:
-            out = F.linear(rows, self.weight, self.bias)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def _generation_kernel(weight: torch.Tensor, dtype: str) -> str:
-    """Which of PackedLinear's kernels multiplies by `weight` (out, in) fastest in `dtype`."""
-    if dtype == "int8":
-        return "fbgemm"
-    if dtype == "bf16":
-        return "onednn_packed" if onednn_linear_available() and weight.device.type == "cpu" else "addmv"
-    return "onednn" if onednn_is_faster(weight) else "addmm"
-
-
-def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
-    """Weight (out, in) rounded to int8 per output row, packed with the bias for the CPU kernel.
-
-    The input vector is rounded to 8 bits, or to 7 on x86 CPUs without VNNI instructions,
-    whose int8 kernel could overflow otherwise (PyTorch's `reduce_range`). The extra bit
-    matters at near ties: on the course's checkpoint, 7 bits turned one exact fp32 tie into
-    a different greedy token (and every later one), 8 bits kept all 200 equal to fp32's.
-    """
-    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
-    zero_points = torch.zeros(len(scale), dtype=torch.long)
-    with warnings.catch_warnings():  # PyTorch marks quantized tensors as deprecated
-        warnings.simplefilter("ignore")
-        qweight = torch.quantize_per_channel(weight, scale.double(), zero_points, axis=0,
-                                             dtype=torch.qint8)
-        return torch.ops.quantized.linear_prepack(qweight, bias)
 
 
 class GPTModel(nn.Module):
@@ -590,10 +332,11 @@ class GPTModel(nn.Module):
         self.cfg = dict(cfg)
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = Dropout(cfg["drop_rate"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
-        self.out_head = Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.register_load_state_dict_pre_hook(_skip_book_masks)
 
     def forward(self, in_idx: torch.Tensor, cache: list[KVCache] | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -614,29 +357,6 @@ class GPTModel(nn.Module):
             x = x[:, -1:]
         return self.out_head(self.final_norm(x))
 
-    def for_generation(self, dtype: str = "fp32") -> GPTModel:
-        """A copy of this model made only to generate fast, in "fp32", "bf16" or "int8".
-
-        Each attention layer's W_query, W_key and W_value become one fused matrix and every
-        Linear a PackedLinear in the layout that multiplies fastest; with bf16 the rest of the
-        model (embeddings, norms, KV cache) runs in bf16 too, with int8 in fp32. The copy
-        cannot be trained and its state dict has other keys, which is why it is a separate
-        copy: the model you train, save and load keeps the book's layers and names.
-        """
-        if dtype not in GENERATION_DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(GENERATION_DTYPES)}, got {dtype!r}")
-        if dtype == "int8" and self.tok_emb.weight.device.type != "cpu":
-            raise ValueError("int8 generation uses CPU kernels; move the model to the CPU first")
-        fast = copy.deepcopy(self).eval().requires_grad_(False)
-        for block in fast.trf_blocks:  # packed from the fp32 weights, before any rounding
-            att, ff = block.att, block.ff.layers
-            att.W_qkv = PackedLinear.from_linears([att.W_query, att.W_key, att.W_value], dtype)
-            del att.W_query, att.W_key, att.W_value
-            att.out_proj = PackedLinear.from_linears([att.out_proj], dtype)
-            ff[0], ff[2] = (PackedLinear.from_linears([ff[i]], dtype) for i in (0, 2))
-        fast.out_head = PackedLinear.from_linears([fast.out_head], dtype)
-        return fast.to(torch.bfloat16) if dtype == "bf16" else fast
-
     def new_cache(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         """Empty KV caches, one per block, for up to `max_len` tokens (default: the context)."""
         max_len = max_len or self.cfg["context_length"]
@@ -646,12 +366,28 @@ class GPTModel(nn.Module):
                         weight.dtype) for _ in self.trf_blocks]
 
 
+_BOOK_MASK_KEY = re.compile(r"trf_blocks\.\d+\.att\.mask")
+
+
+def _skip_book_masks(model: GPTModel, state_dict: dict, prefix: str, *args) -> None:
+    """Let a state dict saved from the book's GPTModel load: the book's MultiHeadAttention
+    stores its causal mask as a buffer (`trf_blocks.N.att.mask`); ours needs none."""
+    masks = [key for key in state_dict
+             if key.startswith(prefix) and _BOOK_MASK_KEY.fullmatch(key[len(prefix):])]
+    for key in masks:
+        del state_dict[key]
+    if masks:
+        warnings.warn(f"ignored the {len(masks)} causal-mask buffers (trf_blocks.N.att.mask) "
+                      "that the book's MultiHeadAttention saves: this model builds the mask "
+                      "as it attends", stacklevel=4)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (a tied tensor counts once)."""
     return sum(p.numel() for p in model.parameters())
 
 # ---------------------------------------------------------------------------------------------
-# Generation
+# Chapter 5: generation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -746,7 +482,7 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     return torch.cat([idx, *new_tokens], dim=1)
 
 # ---------------------------------------------------------------------------------------------
-# Training and evaluation
+# Chapter 5: training and evaluation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -845,7 +581,7 @@ def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses):
     return fig
 
 # ---------------------------------------------------------------------------------------------
-# OpenAI weights and our own checkpoints
+# Chapter 5: OpenAI's weights and our own checkpoints
 # ---------------------------------------------------------------------------------------------
 
 
@@ -916,81 +652,119 @@ def save_checkpoint(path: str | Path, model: GPTModel,
     torch.save(state, path)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", cfg: dict | None = None
                     ) -> tuple[GPTModel, dict | None]:
-    """Rebuild a model saved by `save_checkpoint`; returns (model, optimizer state or None).
+    """Rebuild a saved model; returns (model, optimizer state or None).
 
-    Loads with weights_only=True, so a checkpoint cannot run code on your machine.
+    Reads what `save_checkpoint` writes, and also what the book saves: `model.state_dict()`
+    alone, or {"model_state_dict", "optimizer_state_dict"}; those hold no config, so pass the
+    one the model was built with as `cfg`. Loads with weights_only=True, so a checkpoint cannot
+    run code on your machine; a model saved on a GPU loads onto `device`.
     """
-    state = torch.load(path, map_location=device, weights_only=True)
-    if "config" not in state or "model_state_dict" not in state:
-        raise ValueError(f"{path} is not a checkpoint saved by gpt2.save_checkpoint "
-                         "(it needs 'config' and 'model_state_dict')")
-    weights = state["model_state_dict"]
-    model = GPTModel(state["config"])
-    if weights["out_head.weight"].data_ptr() == weights["tok_emb.weight"].data_ptr():
+    state = _read_state(Path(path), device)
+    weights = state.get("model_state_dict", state)
+    cfg = state.get("config", cfg)
+    if cfg is None:
+        raise ValueError(f"{path} holds weights but no config (the book saves model.state_dict() "
+                         "alone): pass the config the model was built with, e.g. "
+                         "load_checkpoint(path, cfg=GPT_CONFIG_124M)")
+    if "tok_emb.weight" not in weights:
+        raise ValueError(f"{path} holds no GPTModel weights (no 'tok_emb.weight'): is it a "
+                         "checkpoint of another kind of model?")
+    model = GPTModel(cfg)
+    if weights.get("out_head.weight") is not None and \
+            weights["out_head.weight"].data_ptr() == weights["tok_emb.weight"].data_ptr():
         model.out_head.weight = model.tok_emb.weight  # saved tied: keep it tied
     model.load_state_dict(weights)
     return model.to(device), state.get("optimizer_state_dict")
 
+
+def _read_state(path: Path, device: torch.device | str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; give the path of a .pth written by "
+                                "gpt2.save_checkpoint (or torch.save(model.state_dict(), ...))")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a PyTorch checkpoint of plain tensors "
+                         f"({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------
-# Command line
+# Command line: python gpt2.py
 # ---------------------------------------------------------------------------------------------
+
+GENERATION_DTYPES = ("fp32", "bf16", "int8")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Generate text with GPT-2 (OpenAI's weights or a checkpoint from the course).",
-        epilog="Without web access, set GPT2_MIRROR to a folder laid out as HOST/PATH.")
-    parser.add_argument("--prompt", default="Every effort moves you",
-                        help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
-    parser.add_argument("--model-size", default="124M", choices=MODEL_SIZES,
-                        help="which OpenAI GPT-2 to load (default: %(default)s)")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="a .pth saved by gpt2.save_checkpoint; used instead of --model-size")
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
-                        help="where OpenAI's checkpoints are kept (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=50,
-                        help="how many tokens to add (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="0 = greedy; higher = more varied (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=40,
-                        help="sample among the k likeliest tokens; 0 = no limit (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=None,
-                        help="sample among the likeliest tokens holding this much probability")
-    parser.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, mps, or auto: cuda, then mps, then cpu (default: %(default)s)")
-    parser.add_argument("--dtype", default="fp32", choices=GENERATION_DTYPES,
-                        help="number format to generate in: bf16 and int8 are faster and "
-                             "nearly as good (default: %(default)s)")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are made")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also print the device, model and generation speed")
+        epilog="Without web access, set GPT2_MIRROR to a folder laid out as HOST/PATH; OpenAI's "
+               "weights may not be there, but a model the course trains always works: "
+               f"--checkpoint {COURSE_CHECKPOINT.relative_to(DATA_DIR.parent)}.")
+    add = parser.add_argument
+    add("--prompt", default="Every effort moves you",
+        help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
+    add("--model-size", default="124M", choices=MODEL_CONFIGS,
+        help="which OpenAI GPT-2 to load (default: %(default)s)")
+    add("--checkpoint", type=Path, help="a .pth saved by gpt2.save_checkpoint, e.g. the course's "
+        "own model made by 1_PreTraining/pretrain.py; used instead of --model-size")
+    add("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
+        help="where OpenAI's checkpoints are kept (default: %(default)s)")
+    add("--max-new-tokens", type=int, default=50, help="how many tokens to add (default: %(default)s)")
+    add("--temperature", type=float, default=1.0,
+        help="0 = greedy; higher = more varied (default: %(default)s)")
+    add("--top-k", type=int, default=40,
+        help="sample among the k likeliest tokens; 0 = no limit (default: %(default)s)")
+    add("--top-p", type=float, default=None,
+        help="sample among the likeliest tokens holding this much probability")
+    add("--seed", type=int, default=123, help="random seed (default: %(default)s)")
+    add("--device", default="auto",
+        help="cpu, cuda, mps, or auto: cuda, then mps, then cpu (default: %(default)s)")
+    add("--dtype", default="fp32", choices=GENERATION_DTYPES,
+        help="number format to generate in: bf16 and int8 are faster and nearly as good "
+             "(default: %(default)s)")
+    add("--stream", action="store_true", help="print tokens as they are made")
+    add("--verbose", action="store_true", help="also print the device, model and generation speed")
     return parser
 
 
 def load_model_for_cli(args: argparse.Namespace, device: torch.device) -> GPTModel:
     if args.checkpoint is not None:
-        if not args.checkpoint.is_file():
-            raise FileNotFoundError(f"no checkpoint at {args.checkpoint}; give the path of a "
-                                    ".pth written by gpt2.save_checkpoint")
-        model, _ = load_checkpoint(args.checkpoint, device)
-        return model.eval()
-    return load_pretrained_gpt2(args.model_size, args.models_dir, device)
+        return load_checkpoint(args.checkpoint, device)[0].eval()
+    try:
+        return load_pretrained_gpt2(args.model_size, args.models_dir, device)
+    except DownloadError as err:
+        raise DownloadError(f"{err}\nNo OpenAI weights here? Generate from a model the course "
+                            "trains instead: python 1_PreTraining/pretrain.py, then python gpt2.py "
+                            f"--checkpoint {COURSE_CHECKPOINT}") from None
 
 
-def run_cli(args: argparse.Namespace) -> None:
+def plain_for_generation(model: GPTModel, dtype: str) -> GPTModel:
+    """The model itself in fp32 or bf16; `python gpt2.py` uses gpt2_fast.for_generation instead."""
+    if dtype == "int8":
+        raise ValueError("int8 generation needs gpt2_fast.for_generation (python gpt2.py uses it)")
+    return model.to(torch.bfloat16) if dtype == "bf16" else model
+
+
+def run_cli(args: argparse.Namespace, for_generation=plain_for_generation) -> None:
     torch.manual_seed(args.seed)
     device = get_device(args.device)
     model = load_model_for_cli(args, device)
     n_parameters = count_parameters(model)
-    model = model.for_generation(args.dtype)
+    model = for_generation(model, args.dtype)
     tokenizer = get_tokenizer()
     idx = text_to_token_ids(args.prompt or ENDOFTEXT, tokenizer).to(device)
-    stream = stream_tokens(model, idx, args.max_new_tokens, model.cfg["context_length"],
-                           temperature=args.temperature, top_k=args.top_k or None,
-                           top_p=args.top_p)
+    context = model.cfg["context_length"]
+    if idx.shape[1] > context:
+        print(f"note: the prompt has {idx.shape[1]} tokens; the model reads only the last "
+              f"{context}", file=sys.stderr)
+    stream = stream_tokens(model, idx, args.max_new_tokens, context, temperature=args.temperature,
+                           top_k=args.top_k or None, top_p=args.top_p)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     print(args.prompt, end="", flush=True)
     pieces, start, count = [], time.perf_counter(), 0
@@ -1008,16 +782,25 @@ def run_cli(args: argparse.Namespace) -> None:
               f"in {args.dtype}, {n_parameters:,} parameters]", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+def main(argv: list[str] | None = None, for_generation=plain_for_generation) -> int:
+    """The command line; `for_generation(model, dtype)` prepares the model to generate."""
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     try:
         check_sampling_args(args.temperature, args.top_k or None, args.top_p)
-        run_cli(args)
-    except (DownloadError, FileNotFoundError, ValueError) as err:
+        run_cli(args, for_generation)
+    except (DownloadError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As a script, generate with the fast layers of gpt2_fast. That module imports this one as
+    # `gpt2`, so the run goes through that import: one copy of every class, and the library
+    # itself never imports the speed module.
+    import gpt2_fast
+
+    sys.exit(gpt2_fast.gpt2.main(for_generation=gpt2_fast.for_generation))

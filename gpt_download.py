@@ -5,6 +5,11 @@ a file that is already complete costs no network request, a broken transfer resu
 stopped, and a file only ever appears under its final name once its size (and SHA-256, where we
 know it) has been checked. Machines without web access set ``GPT2_MIRROR`` to a folder (or an
 http(s) base URL) holding copies laid out as ``HOST/PATH``; the rest of the code path is unchanged.
+A relative folder is taken from the course's root folder, wherever the process runs.
+
+What is checked: the BPE files and the course's text files against SHA-256 values pinned below;
+OpenAI's checkpoint files against the SHA-256 recorded when they were first downloaded (a
+``.sha256`` file beside each), once per process; every download against its announced size.
 
 Shell use:  python gpt_download.py 124M [--models-dir DIR]
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import importlib.util
 import json
 import mmap
 import os
@@ -31,11 +37,22 @@ try:
 except ImportError:
     from numpy import byte_bounds  # NumPy 1.26
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parent
+DATA_DIR = ROOT / "data"
 DEFAULT_MODELS_DIR = DATA_DIR / "gpt2"
+# The course's own pretrained model, made by `python 1_PreTraining/pretrain.py`.
+COURSE_CHECKPOINT = DATA_DIR / "course-model" / "model.pth"
 
-MODEL_SIZES = ("124M", "355M", "774M", "1558M")
-MODELS_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+# OpenAI's four released sizes, as their hparams.json files give them.
+GPT2_SIZES = {
+    "124M": {"n_embd": 768, "n_layer": 12, "n_head": 12},
+    "355M": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "774M": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "1558M": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
+MODELS_URL = f"{OPENAI_URL}/models"
+BPE_URL = f"{OPENAI_URL}/encodings/main"
 BACKUP_MODELS_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
 CHECKPOINT_FILES = (
     "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
@@ -69,6 +86,7 @@ DATA_FILES = {
 }
 
 _CHUNK = 1 << 20
+_PROGRESS_MIN_BYTES = 1 << 24  # files under 16 MiB get no progress bar
 _TIMEOUT_S = 30
 
 
@@ -85,7 +103,7 @@ def mirror_url(url: str) -> str:
     relative = parts.netloc + parts.path
     if mirror.startswith(("http://", "https://")):
         return mirror.rstrip("/") + "/" + relative
-    local = Path(mirror).expanduser().resolve() / urllib.parse.unquote(relative)
+    local = (ROOT / Path(mirror).expanduser()).resolve() / urllib.parse.unquote(relative)
     return local.as_uri()
 
 
@@ -98,14 +116,19 @@ def sha256_of(path: Path) -> str:
 
 
 def download_file(url: str, dest: str | Path, sha256: str | None = None,
-                  backup_url: str | None = None) -> Path:
+                  backup_url: str | None = None, record_sha256: bool = False) -> Path:
     """Download `url` to `dest` (resuming, verified, atomic) and return `dest`.
 
-    Makes no request when `dest` already exists (and matches `sha256`, if given).
+    Makes no request when `dest` already exists and matches `sha256`, if given. Without a
+    known `sha256`, `record_sha256` writes the new file's hash beside it (DEST.sha256) and
+    checks an existing file against that record.
     """
     dest = Path(dest)
+    record = dest.with_name(dest.name + ".sha256")
+    if sha256 is None and record_sha256 and record.exists():
+        sha256 = record.read_text().strip()
     if dest.exists():
-        if sha256 is None or sha256_of(dest) == sha256:
+        if sha256 is None or _matches(dest, sha256):
             return dest
         dest.unlink()  # a stale or damaged copy: fetch it again
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +149,25 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None,
             f"{source} gave a file whose SHA-256 is {actual}, not the expected {sha256}. "
             "It was deleted; check the mirror or the URL and try again."
         )
+    if record_sha256 and sha256 is None:
+        record.write_text(sha256_of(partial) + "\n")
     os.replace(partial, dest)
     return dest
+
+
+_verified: set[tuple] = set()
+
+
+def _matches(path: Path, sha256: str) -> bool:
+    """Whether `path` has this SHA-256; a file already verified in this process and unchanged
+    since (same size and modification time) is not read again."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, sha256)
+    if key not in _verified:
+        if sha256_of(path) != sha256:
+            return False
+        _verified.add(key)
+    return True
 
 
 def _explain_failure(url: str, dest: Path, failures: list[str]) -> str:
@@ -135,7 +175,8 @@ def _explain_failure(url: str, dest: Path, failures: list[str]) -> str:
     mirror = os.environ.get("GPT2_MIRROR")
     advice = (f"GPT2_MIRROR is {mirror}: add the file there as HOST/PATH" if mirror else
               "Without internet access, set GPT2_MIRROR to a folder or http(s) URL holding a "
-              "copy laid out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror)")
+              "copy laid out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror, a relative "
+              "folder being taken from the course's root folder)")
     return f"Could not download {url}\n{tried}\n{advice}, or put the file at {dest} by hand."
 
 
@@ -157,8 +198,10 @@ def _fetch(url: str, partial: Path, label: str) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
+        quiet = total is not None and total < _PROGRESS_MIN_BYTES  # small files come at once
         with open(partial, "ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=label, leave=False
+            total=total, initial=have, unit="B", unit_scale=True, desc=label, leave=False,
+            disable=quiet,
         ) as bar:
             try:
                 while chunk := response.read(_CHUNK):
@@ -183,12 +226,12 @@ def fetch_data(name: str, data_dir: str | Path = DATA_DIR) -> Path:
 
 def download_gpt2_files(model_size: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
     """Fetch the seven files of one GPT-2 size and return the folder that holds them."""
-    if model_size not in MODEL_SIZES:
-        raise ValueError(f"Unknown model size {model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    if model_size not in GPT2_SIZES:
+        raise ValueError(f"Unknown model size {model_size!r}; choose one of {', '.join(GPT2_SIZES)}")
     model_dir = Path(models_dir) / model_size
     for name in CHECKPOINT_FILES:
         download_file(f"{MODELS_URL}/{model_size}/{name}", model_dir / name,
-                      sha256=BPE_SHA256.get(name),
+                      sha256=BPE_SHA256.get(name), record_sha256=True,
                       backup_url=f"{BACKUP_MODELS_URL}/{model_size}/{name}")
     return model_dir
 
@@ -266,6 +309,10 @@ def convert_checkpoint(model_dir: str | Path) -> Path:
     loads need no TensorFlow at all.
     """
     model_dir = Path(model_dir)
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError("The first load of OpenAI's checkpoint converts it with TensorFlow, "
+                          "which is not installed: pip install tensorflow (later loads use the "
+                          f"converted {PARAMS_CACHE} and need no TensorFlow)")
     child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert",
                             str(model_dir)], capture_output=True, text=True)
     if child.returncode != 0:
@@ -351,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_params_cache(Path(argv[1]))
         return 0
     parser = argparse.ArgumentParser(description="Download one of OpenAI's GPT-2 checkpoints.")
-    parser.add_argument("model_size", choices=MODEL_SIZES, help="which GPT-2 to fetch")
+    parser.add_argument("model_size", choices=GPT2_SIZES, help="which GPT-2 to fetch")
     parser.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, type=Path,
                         help="parent folder; files land in MODELS_DIR/MODEL_SIZE (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""What the three benchmarks share: output lines, interleaved timing, and a Hugging Face twin.
+"""What the benchmarks share: output lines, interleaved timing, and a Hugging Face twin.
 
 Every figure is printed as one JSON line, and every comparison is a ratio of two things timed
 in the same process, taking turns (A, B, A, B, ...) so that a neighbour that steals the CPU
@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))            # gpt2, gpt_download (also without the 
 sys.path.insert(0, str(ROOT / "tests"))  # gpt2_fixtures: OpenAI-format checkpoints for bench/load.py
 
 import gpt2  # noqa: E402
+import gpt2_fast  # noqa: E402
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -101,16 +102,13 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int
             for name, values in interleaved_times(runs, repeats, warmup).items()}
 
 
-def with_gpt2_global(name: str, value, step: Callable[[], object]) -> Callable[[], object]:
-    """`step`, run with gpt2.<name> set to `value` and restored afterwards: how a bench compares
-    two versions of one piece of the library (its dropout, its matmul library) in turns."""
+def accelerated_step(model: torch.nn.Module, step: Callable[[], object], **settings
+                     ) -> Callable[[], object]:
+    """`step`, run after gpt2_fast.accelerate(model, **settings): how a bench compares two
+    settings of the speed module (its matmul library, its dropout) on one model, in turns."""
     def run():
-        before = getattr(gpt2, name)
-        setattr(gpt2, name, value)
-        try:
-            return step()
-        finally:
-            setattr(gpt2, name, before)
+        gpt2_fast.accelerate(model, **settings)
+        return step()
     return run
 
 

@@ -1,8 +1,8 @@
-"""What dropout costs a training step on the CPU: gpt2.dropout against PyTorch's F.dropout.
+"""What dropout costs a training step on the CPU: gpt2_fast.dropout against PyTorch's F.dropout.
 
 The step of bench/train.py (GPT-2 124M, batch 4 x 256, dropout 0.1, fused AdamW), timed in
-turns with three versions of the library's `dropout` function, which every Dropout layer and
-the training attention call: ours (`gpt2.dropout_mask`), PyTorch's `F.dropout`, and none at all
+turns with three dropout functions given to `gpt2_fast.accelerate`, which every Dropout layer
+and the training attention call: ours (`gpt2_fast.dropout_mask`), PyTorch's `F.dropout`, and none at all
 (the input passed through, to show what dropout costs in the first place).
 
     python bench/dropout.py            # full run, ~4 min on 2 cores
@@ -15,14 +15,14 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from _common import (base_parser, bench_config, emit, emit_ratios, interleaved_times, random_gpt,
-                     setup, with_gpt2_global)
+from _common import (accelerated_step, base_parser, bench_config, emit, emit_ratios,
+                     interleaved_times, random_gpt, setup)
 from train import BATCH, SEQ_LEN, make_optimizer, ours_logits, train_step
 
-import gpt2
+import gpt2_fast
 
 DROPOUTS = {
-    "ours": gpt2.dropout,
+    "ours": gpt2_fast.dropout,
     "pytorch": lambda x, p, training=True: F.dropout(x, p, training),
     "none": lambda x, p, training=True: x,
 }
@@ -45,8 +45,8 @@ def main() -> None:
     batch = (torch.randint(0, config["vocab_size"], (BATCH, seq_len)),
              torch.randint(0, config["vocab_size"], (BATCH, seq_len)))
     times = interleaved_times(
-        {name: with_gpt2_global("dropout", dropout,
-                                lambda: train_step(model, optimizer, ours_logits, batch))
+        {name: accelerated_step(model, lambda: train_step(model, optimizer, ours_logits, batch),
+                                dropout_fn=dropout)
          for name, dropout in DROPOUTS.items()}, args.repeats)
     for name, values in times.items():
         emit(f"train_step_fp32_dropout_{name}", seconds=statistics.median(values))

@@ -1,7 +1,7 @@
 """Generation speed and int8 quality: our GPTModel against Hugging Face's GPT2LMHeadModel.
 
 Speed: batch 1, a 16-token prompt, 200 new greedy tokens, the same random GPT-2 124M weights
-on both sides. Ours is `gpt2.generate` on `model.for_generation(dtype)` with the KV cache
+on both sides. Ours is `gpt2.generate` on `gpt2_fast.for_generation(model, dtype)` with the KV cache
 (and once without it, to show what the cache buys); theirs is `GPT2LMHeadModel.generate` with
 its cache. A bare loop that multiplies one vector by every weight matrix (nn.Linear's layout,
 fp32 and bf16) is timed alongside: at batch 1 that is the work no decoding step in that format
@@ -30,6 +30,7 @@ from _common import (base_parser, bench_config, emit, emit_ratios, hf_twin, inte
                      paired_speedup, random_gpt, setup)
 
 import gpt2
+import gpt2_fast
 import gpt_download
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -66,7 +67,7 @@ def speed(args, new_tokens: int) -> dict[str, float]:
         return lambda: twin.generate(prompt, attention_mask=mask, max_new_tokens=new_tokens,
                                      min_new_tokens=new_tokens, do_sample=False, use_cache=True)
 
-    fast = {dtype: model.for_generation(dtype) for dtype in ("fp32", "bf16", "int8")}
+    fast = {dtype: gpt2_fast.for_generation(model, dtype) for dtype in ("fp32", "bf16", "int8")}
     twins = {dtype: hf_twin(model).eval().to(TORCH_DTYPES[dtype]) for dtype in TORCH_DTYPES}
     same = torch.equal(ours(fast["fp32"])(), theirs(twins["fp32"])())
     emit("fp32_greedy_tokens_equal_hf", value=same)
@@ -119,7 +120,7 @@ def course_checkpoint(args) -> Path:
     if path.exists():
         return path
     train_loader, val_loader = verdict_loaders(config["context_length"])
-    model = gpt2.GPTModel(config)
+    model = gpt2_fast.accelerate(gpt2.GPTModel(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON lines
@@ -164,7 +165,7 @@ def compare_to_fp32(model: gpt2.GPTModel, new_tokens: int) -> dict[str, float]:
     emit("val_loss_fp32", loss=fp32_loss)
     ratios = {}
     for dtype in ("bf16", "int8"):
-        fast = model.for_generation(dtype)
+        fast = gpt2_fast.for_generation(model, dtype)
         tokens = gpt2.generate(fast, prompt, new_tokens, context)[0, prompt.shape[1]:]
         greedy = (tokens == reference).float().mean().item()
         forced = (fast(val_inputs).argmax(-1) == reference_next).float().mean().item()

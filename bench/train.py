@@ -6,8 +6,9 @@ fused where PyTorch supports it, otherwise its default). Figures: tokens/s of ea
 fp32, ours with bf16 autocast, the achieved GFLOP/s (6 x matmul weights x tokens, plus
 attention) against a large fp32 matmul timed in the same run (on PyTorch's default library and
 on oneDNN, the faster counting as 100%), and the optimizer step alone, fused against PyTorch's
-default. Where gpt2.ONEDNN_MATMUL is on, our fp32 matmuls run on oneDNN and HF's on PyTorch's
-default; bench/matmul.py shows what that choice is worth.
+default. Ours is `gpt2_fast.accelerate(GPTModel)`: where MKL is slow
+(gpt2_fast.mkl_is_slow_here()), our fp32 matmuls run on oneDNN and HF's on PyTorch's default;
+bench/matmul.py shows what that choice is worth.
 
     python bench/train.py            # full run, ~4 min on 2 cores
     python bench/train.py --quick    # seconds, tiny model
@@ -24,6 +25,7 @@ from _common import (base_parser, bench_config, emit, emit_ratios, hf_twin, inte
                      interleaved_times, paired_speedup, random_gpt, setup)
 
 import gpt2
+import gpt2_fast
 
 TARGETS = {"fp32_vs_hf_fp32": 1.15, "bf16_autocast_vs_hf_fp32": 1.8}
 BATCH, SEQ_LEN = 4, 256
@@ -60,8 +62,8 @@ def matmul_gflops(quick: bool) -> dict[str, float]:
     tokens, d = (256, 256) if quick else (BATCH * SEQ_LEN, 768)
     a, b = torch.randn(tokens, d), torch.randn(4 * d, d)
     runs = {"pytorch": lambda: [F.linear(a, b) for _ in range(10)]}
-    if gpt2.onednn_linear_available():
-        runs["onednn"] = lambda: [gpt2._onednn_mm(a, b) for _ in range(10)]
+    if gpt2_fast.onednn_linear_available():
+        runs["onednn"] = lambda: [gpt2_fast._onednn_mm(a, b) for _ in range(10)]
     seconds = interleaved(runs, repeats=3)
     return {name: 10 * 2 * tokens * d * 4 * d / value / 1e9 for name, value in seconds.items()}
 
@@ -83,7 +85,7 @@ def main() -> None:
     setup(args)
     config = {**bench_config(args.quick), "drop_rate": 0.1}
     seq_len = 64 if args.quick else SEQ_LEN
-    ours = random_gpt(config).train()
+    ours = gpt2_fast.accelerate(random_gpt(config)).train()
     theirs = hf_twin(ours).train()
     batch = (torch.randint(0, config["vocab_size"], (BATCH, seq_len)),
              torch.randint(0, config["vocab_size"], (BATCH, seq_len)))
@@ -102,7 +104,7 @@ def main() -> None:
     rates = matmul_gflops(args.quick)
     peak = max(rates.values())
     emit("matmul_fp32", **{f"gflops_{name}": value for name, value in rates.items()},
-         ours_on_onednn=gpt2.ONEDNN_MATMUL)
+         ours_on_onednn=gpt2_fast.mkl_is_slow_here())
     flops = step_flops(ours, seq_len)
     for name, times in (*fp32.items(), ("ours_bf16_autocast", bf16["ours_bf16_autocast"]),
                         ("hf_fp32_beside_bf16", bf16["hf_fp32"])):

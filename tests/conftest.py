@@ -10,10 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "0_Basics"))
 
-import gpt2  # noqa: E402
+import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
 
-ONEDNN_USABLE = gpt2.onednn_linear_available()
+ONEDNN_USABLE = gpt2_fast.onednn_linear_available()
 
 
 def import_exercises(chapter: str, module: str) -> ModuleType:
@@ -33,19 +33,19 @@ def import_exercises(chapter: str, module: str) -> ModuleType:
     return importlib.import_module(f"{package}.{module}")
 
 
-def use_onednn(monkeypatch, enabled: bool) -> None:
-    """fp32 CPU matmuls on oneDNN (gpt2.linear) for weights of every size, however small, or
-    on PyTorch's default."""
-    monkeypatch.setattr(gpt2, "ONEDNN_MATMUL", enabled)
-    monkeypatch.setattr(gpt2, "ONEDNN_MIN_SIDE", 0)
+def with_backend(model, backend: str):
+    """`model` as it is ("plain"), or with gpt2_fast's layers swapped in and every fp32 CPU
+    matmul, however small, on PyTorch's default library ("pytorch") or on oneDNN ("onednn")."""
+    if backend == "plain":
+        return model
+    return gpt2_fast.accelerate(model, onednn=backend == "onednn", min_side=0)
 
 
-@pytest.fixture(params=["pytorch", "onednn"])
-def matmul_backend(request, monkeypatch) -> str:
-    """Run a test with fp32 CPU matmuls on PyTorch's default, then on oneDNN."""
+@pytest.fixture(params=["plain", "pytorch", "onednn"])
+def backend(request) -> str:
+    """Run a test on the plain model, then accelerated with either matmul library."""
     if request.param == "onednn" and not ONEDNN_USABLE:
         pytest.skip("this PyTorch has no oneDNN linear kernel")
-    use_onednn(monkeypatch, request.param == "onednn")
     return request.param
 
 

@@ -127,3 +127,18 @@ def test_course_data_files_download_and_pass_their_hashes(tmp_path):
 def test_unknown_model_size_lists_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="124M, 355M, 774M, 1558M"):
         gpt_download.download_gpt2_files("7B", tmp_path)
+
+
+def test_a_relative_mirror_is_taken_from_the_courses_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a notebook's kernel runs in its chapter folder, say
+    monkeypatch.setenv("GPT2_MIRROR", "../shared/mirror")
+    expected = (gpt_download.ROOT / "../shared/mirror").resolve() / "example.org/a/b.txt"
+    assert gpt_download.mirror_url("https://example.org/a/b.txt") == expected.as_uri()
+
+
+def test_converting_without_tensorflow_says_what_to_install(monkeypatch, tmp_path):
+    real_find_spec = gpt_download.importlib.util.find_spec
+    monkeypatch.setattr(gpt_download.importlib.util, "find_spec",
+                        lambda name: None if name == "tensorflow" else real_find_spec(name))
+    with pytest.raises(ImportError, match="pip install tensorflow"):
+        gpt_download.convert_checkpoint(tmp_path)

@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import gpt2
+from conftest import with_backend
 from gpt2_fixtures import hf_gpt2_config, nest_params, random_tf_variables, tiny_hparams
 
 CONFIGS = {
@@ -49,10 +50,10 @@ def our_model(hparams: dict, variables: dict) -> gpt2.GPTModel:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_logits_match_transformers(name: str, matmul_backend: str) -> None:
+def test_logits_match_transformers(name: str, backend: str) -> None:
     hparams = CONFIGS[name]
     variables = random_tf_variables(hparams, seed=1)
-    ours, theirs = our_model(hparams, variables), hf_model(hparams, variables)
+    ours, theirs = with_backend(our_model(hparams, variables), backend), hf_model(hparams, variables)
     torch.manual_seed(0)
     idx = torch.randint(0, hparams["n_vocab"], (2, min(48, hparams["n_ctx"])))
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_logits_match_transformers(name: str, matmul_backend: str) -> None:
         actual = ours(idx)
     assert expected.std() > 0.5, "logits this flat would make the comparison meaningless"
     max_diff = (actual - expected).abs().max().item()
-    print(f"{name}, {matmul_backend} matmuls: max abs logit difference {max_diff:.2e}")
+    print(f"{name}, {backend} model: max abs logit difference {max_diff:.2e}")
     # fp32 rounding, which depends on each matmul library's order of summation: at the 124M
     # shape (logits up to ~16) 3.6e-5 with PyTorch's default matmul and 1.1e-4 with oneDNN's,
     # each of them within 1.1e-4 of a float64 run. A wrong layer shows up at 1e-2 or more.

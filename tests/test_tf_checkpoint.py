@@ -108,7 +108,19 @@ def test_shell_download_command(tmp_path, mirror_server):
     done = subprocess.run(script, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "GPT2_MIRROR": mirror_server.url})
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == sorted(gpt_download.CHECKPOINT_FILES)
+    records = [name + ".sha256" for name in gpt_download.CHECKPOINT_FILES
+               if name not in gpt_download.BPE_SHA256]  # hashes recorded on first download
+    assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == sorted(
+        [*gpt_download.CHECKPOINT_FILES, *records])
+    weights = tmp_path / "124M" / "model.ckpt.data-00000-of-00001"
+    good = weights.read_bytes()
+    weights.write_bytes(bytes(len(good)))  # damaged on disk, same size: the record catches it
+    again = subprocess.run(script, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "GPT2_MIRROR": mirror_server.url})
+    assert again.returncode == 0, again.stderr
+    assert weights.read_bytes() == good
+    assert [path for path, _ in mirror_server.requests].count(
+        f"{MODELS_HOST_PATH}/124M/model.ckpt.data-00000-of-00001") == 2
 
     failed = subprocess.run(script[:2] + ["355M", "--models-dir", str(tmp_path)], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "GPT2_MIRROR": mirror_server.url})

@@ -88,67 +88,69 @@ def test_gpt2_sizes_have_the_published_parameter_counts():
         gpt2.gpt2_config("7B")
 
 
-def test_dropout_keeps_one_minus_p_of_the_values_and_rescales_them():
+def book_state_dict(model: gpt2.GPTModel) -> dict:
+    """What the book's GPTModel saves: our keys plus each attention layer's causal-mask buffer."""
+    state = dict(model.state_dict())
+    n = model.cfg["context_length"]
+    for i in range(model.cfg["n_layers"]):
+        state[f"trf_blocks.{i}.att.mask"] = torch.triu(torch.ones(n, n), diagonal=1)
+    return state
+
+
+def test_the_books_checkpoints_load_with_their_mask_buffers_ignored_once(tmp_path):
     torch.manual_seed(0)
-    x = torch.ones(1000, 1000, requires_grad=True)
-    y = gpt2.dropout(x, 0.1)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.9) < 0.003  # 10 standard deviations
-    assert torch.allclose(y[kept], torch.tensor(1 / 0.9))
-    y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept values only
-    assert gpt2.dropout(x, 0.1, training=False) is x and gpt2.dropout(x, 0.0) is x
-    assert torch.equal(gpt2.dropout(x, 1.0), torch.zeros_like(x))
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        gpt2.dropout(x, -0.1)
-    assert gpt2.dropout(torch.ones(8, dtype=torch.bfloat16), 0.5).dtype == torch.bfloat16
-    layer = gpt2.Dropout(0.1)
-    assert isinstance(layer, torch.nn.Dropout) and layer.eval()(x) is x
+    model = gpt2.GPTModel(TINY).eval()
+    torch.save(book_state_dict(model), tmp_path / "model.pth")  # the book: weights alone
+    with pytest.raises(ValueError, match="pass the config"):
+        gpt2.load_checkpoint(tmp_path / "model.pth")
+    with pytest.warns(UserWarning, match="ignored the 2 causal-mask buffers") as caught:
+        loaded, optimizer_state = gpt2.load_checkpoint(tmp_path / "model.pth", cfg=TINY)
+    assert len(caught) == 1 and optimizer_state is None
+    idx = torch.arange(12)[None]
+    assert torch.equal(loaded.eval()(idx), model(idx))
+    plain = gpt2.GPTModel(TINY)  # the plain load_state_dict path of the notebooks
+    with pytest.warns(UserWarning, match="causal-mask"):
+        plain.load_state_dict(book_state_dict(model))
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # any other stray key still fails
+        plain.load_state_dict({**model.state_dict(), "trf_blocks.0.att.masks": torch.ones(1)})
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_dropout_mask_has_the_rounded_rate_and_mean_one(p):
-    levels = round(p * gpt2.MASK_LEVELS)
-    torch.manual_seed(1)
-    mask = gpt2.dropout_mask((2000, 1000), levels)
-    rate = levels / gpt2.MASK_LEVELS
-    assert abs(rate - p) <= 0.5 / gpt2.MASK_LEVELS
-    sd = (rate * (1 - rate) / mask.numel()) ** 0.5
-    assert abs((mask == 0).float().mean().item() - rate) < 6 * sd
-    assert torch.equal(mask.unique(), torch.tensor([0.0, 1 / (1 - rate)]))
-    torch.manual_seed(1)  # torch's seed decides the mask, and each draw moves it on
-    assert torch.equal(gpt2.dropout_mask((2000, 1000), levels), mask)
-    assert not torch.equal(gpt2.dropout_mask((2000, 1000), levels), mask)
+def test_a_file_that_is_no_checkpoint_gets_a_clear_message(tmp_path):
+    text = tmp_path / "README.md"
+    text.write_text("# not a checkpoint\n")
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint") as caught:
+        gpt2.load_checkpoint(text)
+    assert "weights_only=False" not in str(caught.value)
+    torch.save({"config": TINY, "model_state_dict": {"fc.weight": torch.ones(2)}}, tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="no GPTModel weights"):
+        gpt2.load_checkpoint(tmp_path / "x.pth")
 
 
-def test_dropout_rates_too_close_to_0_or_1_for_the_mask_go_to_pytorch():
-    x = torch.ones(100, 100)
-    assert torch.allclose(gpt2.dropout(x, 1e-7), x)  # rounds to 0 levels: almost surely all kept
-    assert gpt2.dropout(x, 1 - 1e-7).count_nonzero() < 5  # rounds to all 65536 levels
+@pytest.mark.parametrize("accelerated", [False, True], ids=["plain", "accelerated"])
+def test_the_books_printed_numbers_come_out_with_seed_123(accelerated):
+    """Chapter 4's greedy ids for "Hello, I am" and chapter 5's losses before training, as the
+    book prints them: the layers are built in the book's order with PyTorch's default init."""
+    import gpt2_fast
+    import gpt_download
 
+    prepare = gpt2_fast.accelerate if accelerated else (lambda model: model)
+    torch.manual_seed(123)
+    model = prepare(gpt2.GPTModel(gpt2.GPT_CONFIG_124M)).eval()
+    encoded = gpt2.text_to_token_ids("Hello, I am", gpt2.get_tokenizer())
+    out = gpt2.generate_text_simple(model, encoded, 6, 1024)
+    assert out[0, 4:].tolist() == [27018, 24086, 47843, 30961, 42348, 7267]
 
-def test_training_attention_is_the_formula_with_dropout_on_the_weights():
-    """On the CPU, training attention is written out (SDPA cannot drop out there); it must
-    equal softmax(q k^T / sqrt(d) + causal mask), its weights dropped out, times v."""
-    torch.manual_seed(1)
-    att = gpt2.MultiHeadAttention(32, 32, 16, dropout=0.3, num_heads=4, qkv_bias=True).train()
-    x = torch.randn(2, 7, 32)
-    torch.manual_seed(5)
-    out = att(x)
-
-    torch.manual_seed(5)  # the same draw as the layer's dropout mask
-    keep = gpt2.dropout_mask((2, 4, 7, 7), round(0.3 * gpt2.MASK_LEVELS))
-    q, k, v = (layer(x).view(2, 7, 4, 8).transpose(1, 2)
-               for layer in (att.W_query, att.W_key, att.W_value))
-    scores = q @ k.transpose(2, 3) / 8 ** 0.5 + torch.full((7, 7), float("-inf")).triu(1)
-    weights = torch.softmax(scores, dim=-1) * keep
-    expected = att.out_proj((weights @ v).transpose(1, 2).reshape(2, 7, 32))
-    assert torch.allclose(out, expected, atol=1e-6)
-    # Training multiplies by W_query, W_key and W_value side by side: same gradients.
-    grads = [torch.autograd.grad(y.square().sum(), list(att.parameters())) for y in (out, expected)]
-    for ours, reference in zip(*grads):
-        assert torch.allclose(ours, reference, atol=1e-5)
-    att.eval()
-    assert not torch.allclose(att(x), out)  # evaluation drops nothing
-    with torch.no_grad():  # and without gradients, the three are multiplied one by one
-        assert torch.allclose(att(x), att.eval()(x), atol=1e-6)
+    config = {**gpt2.GPT_CONFIG_124M, "context_length": 256}
+    torch.manual_seed(123)
+    model = prepare(gpt2.GPTModel(config)).eval()
+    text = gpt_download.fetch_data("the-verdict.txt").read_text(encoding="utf-8")
+    split = int(0.9 * len(text))
+    torch.manual_seed(123)
+    train_loader = gpt2.create_dataloader_v1(text[:split], batch_size=2, max_length=256, stride=256)
+    val_loader = gpt2.create_dataloader_v1(text[split:], batch_size=2, max_length=256, stride=256,
+                                           drop_last=False, shuffle=False)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        train_loss = gpt2.calc_loss_loader(train_loader, model, "cpu")
+        val_loss = gpt2.calc_loss_loader(val_loader, model, "cpu")
+    assert (round(train_loss, 4), round(val_loss, 4)) == (10.9876, 10.9811)
