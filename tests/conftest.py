@@ -1,36 +1,20 @@
 """Shared test set-up: chapter modules on sys.path, and a loopback mirror server."""
-import importlib
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "0_Basics"))
+CHAPTERS = ("0_Basics", "1_PreTraining")  # their exercises; pretrain.py, hellaswag.py, ...
+sys.path[:0] = [str(ROOT / chapter) for chapter in CHAPTERS]
+
+import exercises  # noqa: E402  (each chapter has a package of this name: look in all of them)
+exercises.__path__[:] = [str(ROOT / chapter / "exercises") for chapter in CHAPTERS]
 
 import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
 
 ONEDNN_USABLE = gpt2_fast.onednn_linear_available()
-
-
-def import_exercises(chapter: str, module: str) -> ModuleType:
-    """Import <chapter>/exercises/<module>.py, e.g. ("1_PreTraining", "pretraining").
-
-    Every chapter calls its package `exercises` (the notebooks import it from their own folder),
-    and 0_Basics' is the one on sys.path, so another chapter's package is imported from its file
-    under a name of its own, `exercises_<chapter>`.
-    """
-    package = f"exercises_{chapter}"
-    if package not in sys.modules:
-        folder = ROOT / chapter / "exercises"
-        spec = importlib.util.spec_from_file_location(
-            package, folder / "__init__.py", submodule_search_locations=[str(folder)])
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[package])
-    return importlib.import_module(f"{package}.{module}")
 
 
 def with_backend(model, backend: str):

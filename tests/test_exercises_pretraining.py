@@ -10,9 +10,7 @@ import pytest
 import torch
 
 import gpt2
-from conftest import import_exercises
-
-ex = import_exercises("1_PreTraining", "pretraining")
+from exercises import pretraining as ex
 
 
 def toy_softmax(temperature: float) -> list[float]:

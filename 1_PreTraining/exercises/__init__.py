@@ -1,6 +1,7 @@
 """Checks for the exercises of 1_PreTraining: call one on your answer to hear whether it is right.
 
-Every `check_...` function prints a verdict with the reason and returns True or False.
+Each notebook has its own module; every `check_...` function prints a verdict with the reason
+and returns True or False, so a test can use it too.
 """
 
 
