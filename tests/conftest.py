@@ -6,6 +6,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "0_Basics"))
+# Chapter 6's scripts; appended, so `exercises` stays 0_Basics' package (the chapter's own
+# exercises are loaded by path in tests/test_exercises_classification.py).
+sys.path.append(str(ROOT / "2_FineTuning_Classification"))
 
 import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
