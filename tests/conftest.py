@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "0_Basics"))
-# Chapter 6's scripts; appended, so `exercises` stays 0_Basics' package (the chapter's own
-# exercises are loaded by path in tests/test_exercises_classification.py).
-sys.path.append(str(ROOT / "2_FineTuning_Classification"))
+CHAPTERS = ("0_Basics", "1_PreTraining", "2_FineTuning_Classification")  # exercises, scripts
+sys.path[:0] = [str(ROOT / chapter) for chapter in CHAPTERS]
+
+import exercises  # noqa: E402  (each chapter has a package of this name: look in all of them)
+exercises.__path__[:] = [str(ROOT / chapter / "exercises") for chapter in CHAPTERS]
 
 import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)

@@ -64,7 +64,7 @@ class SeparateDropoutGPT(gpt2.GPTModel):
         super().__init__(cfg)
         self.drop_emb = nn.Dropout(cfg["drop_rate_emb"])
         for block in self.trf_blocks:
-            block.att.dropout = cfg["drop_rate_attn"]
+            block.att.dropout = nn.Dropout(cfg["drop_rate_attn"])
             block.drop_shortcut = nn.Dropout(cfg["drop_rate_shortcut"])
 
 

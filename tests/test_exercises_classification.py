@@ -1,33 +1,13 @@
 """The checks of chapter 6's exercises: wrong answers are rejected, right ones accepted.
 
-0_Basics also has a package named `exercises`, so this chapter's is loaded from its file under
-another name. The right answers are written here independently of the checks.
+The right answers are written here independently of the checks.
 """
-import importlib.util
-import sys
 from pathlib import Path
 
-import pytest
-import torch
 import torch.nn.functional as F
 
 import gpt2
-
-CHAPTER = Path(__file__).resolve().parent.parent / "2_FineTuning_Classification"
-
-
-def load_chapter_exercises(name: str = "classification_exercises"):
-    """2_FineTuning_Classification/exercises as the package `name`, and its classification module."""
-    spec = importlib.util.spec_from_file_location(
-        name, CHAPTER / "exercises" / "__init__.py",
-        submodule_search_locations=[str(CHAPTER / "exercises")])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module(f"{name}.classification")
-
-
-ex = load_chapter_exercises()
+from exercises import classification as ex
 
 
 def test_full_context_dataset(tmp_path: Path) -> None:
@@ -101,8 +81,3 @@ def test_trainable_counts() -> None:
     assert not ex.check_trainable_counts({**right, "lora": right["lora"] + 2 * 768 + 2})
     assert not ex.check_trainable_counts({**right, "all": right["all"] + 50257 * 768})  # old head
     assert not ex.check_trainable_counts({"last-block": right["last-block"]})
-
-
-@pytest.mark.parametrize("module", ["exercises", "exercises.architecture"])
-def test_basics_exercises_are_not_shadowed(module: str) -> None:
-    assert "0_Basics" in importlib.import_module(module).__file__
