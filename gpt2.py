@@ -1025,7 +1025,8 @@ def train_classifier_simple(model: GPTModel, train_loader: DataLoader, val_loade
     """
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, step = 0, -1
-    bar = tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step")
+    bar = tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step",
+               mininterval=2)
     for epoch in range(num_epochs):
         model.train()
         for input_batch, target_batch in train_loader:
@@ -1036,7 +1037,7 @@ def train_classifier_simple(model: GPTModel, train_loader: DataLoader, val_loade
             examples_seen += input_batch.shape[0]
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if step % eval_freq == 0:
                 losses = evaluate_model(model, train_loader, val_loader, device, eval_iter,
                                         calc_loss_batch_classifier)
@@ -1050,6 +1051,24 @@ def train_classifier_simple(model: GPTModel, train_loader: DataLoader, val_loade
                   f"Validation accuracy: {val_accs[-1] * 100:.2f}%")
     bar.close()
     return train_losses, val_losses, train_accs, val_accs, examples_seen
+
+
+def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str = "loss"):
+    """Training and validation `label` (loss or accuracy) against epochs (bottom axis) and
+    examples seen (top axis)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()  # same curves, labelled by examples seen
+    ax2.plot(examples_seen, train_values, alpha=0)
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()
