@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import csv
 import functools
 import importlib.util
+import math
 import pickle
 import re
 import sys
@@ -34,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import gpt_download
 from gpt_download import COURSE_CHECKPOINT, DATA_DIR, DEFAULT_MODELS_DIR, DownloadError
@@ -494,8 +497,12 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
 
 
 def calc_loss_loader(data_loader: DataLoader, model: nn.Module, device: torch.device,
-                     num_batches: int | None = None) -> float:
-    """Average batch loss over the first `num_batches` batches (all by default); nan if empty."""
+                     num_batches: int | None = None, loss_batch=calc_loss_batch) -> float:
+    """Average batch loss over the first `num_batches` batches (all by default); nan if empty.
+
+    `loss_batch` computes one batch's loss: next-token prediction by default, the last-token
+    classification loss (`calc_loss_batch_classifier`) in chapter 6.
+    """
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
@@ -503,17 +510,18 @@ def calc_loss_loader(data_loader: DataLoader, model: nn.Module, device: torch.de
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i == num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        total += loss_batch(input_batch, target_batch, model, device).item()
     return total / num_batches
 
 
 def evaluate_model(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                   device: torch.device, eval_iter: int) -> tuple[float, float]:
+                   device: torch.device, eval_iter: int, loss_batch=calc_loss_batch
+                   ) -> tuple[float, float]:
     """Train and validation loss over `eval_iter` batches each, with dropout off."""
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, loss_batch)
+        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, loss_batch)
     model.train()
     return train_loss, val_loss
 
@@ -715,13 +723,473 @@ def _read_state(path: Path, device: torch.device | str) -> dict:
                                 "gpt2.save_checkpoint (or torch.save(model.state_dict(), ...))")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a PyTorch checkpoint of plain tensors "
                          f"({str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
 
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 6: fine-tuning for classification
+# ---------------------------------------------------------------------------------------------
+
+SPAM_ZIP = "sms_spam_collection.zip"  # a key of gpt_download.DATA_FILES
+SPAM_FILE = "SMSSpamCollection"       # the zip's one data file: "label<TAB>text" per line
+SPAM_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+SPAM_DIR = DATA_DIR / "sms_spam_collection"
+CLASS_NAMES = ("not spam", "spam")  # class id -> name; the data set says "ham" for not spam
+PAD_TOKEN_ID = 50256                # <|endoftext|>, the padding of the book's SpamDataset
+# The course's own pretrained model (1_PreTraining/pretrain.py): "random" builds this shape.
+COURSE_MODEL_CONFIG = {**GPT_CONFIG_124M, "context_length": 256, "emb_dim": 384, "n_heads": 6,
+                       "n_layers": 6}
+_CLASSIFIER_KIND = "gpt2-classifier"  # marks the files save_classifier writes
+
+
+def safe_extract(zip_path: str | Path, target_dir: str | Path) -> list[Path]:
+    """Extract every file of a zip into `target_dir` and return their paths.
+
+    A member named like "../x" or "/etc/x" would land outside the folder (the "zip slip"), so
+    every destination is checked before anything is written.
+    """
+    target = Path(target_dir).resolve()
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            for member in members:
+                if not (target / member.filename).resolve().is_relative_to(target):
+                    raise ValueError(f"{zip_path} holds {member.filename!r}, which would land "
+                                     f"outside {target}; refusing to extract this archive")
+            return [Path(archive.extract(member, target)) for member in members]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{zip_path} is not a readable zip file (damaged or cut short); delete "
+                         "it and run again to download a fresh copy") from None
+
+
+def download_and_unzip_spam_data(data_dir: str | Path = SPAM_DIR) -> Path:
+    """Fetch the SMS Spam Collection (from GPT2_MIRROR if set), extract it, verify it.
+
+    The zip's bytes differ between repacks, so it is the extracted file whose SHA-256 is pinned.
+    Returns the path of SMSSpamCollection; a verified copy costs no download.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / SPAM_FILE
+    if path.is_file() and gpt_download.sha256_of(path) == SPAM_SHA256:
+        return path
+    safe_extract(gpt_download.fetch_data(SPAM_ZIP, data_dir), data_dir)
+    if not path.is_file():
+        raise ValueError(f"the zip in {data_dir} holds no {SPAM_FILE}; delete {data_dir / SPAM_ZIP} "
+                         "and run again")
+    if (actual := gpt_download.sha256_of(path)) != SPAM_SHA256:
+        raise ValueError(f"{path} has SHA-256 {actual}, not the expected {SPAM_SHA256}; delete "
+                         f"{data_dir} and run again to download it afresh")
+    return path
+
+
+def load_spam_collection(path: str | Path):
+    """The tab-separated file as a DataFrame with columns Label ("ham"/"spam") and Text.
+
+    quoting=csv.QUOTE_NONE: the messages are not quoted, and pandas' default would take a
+    double quote inside one as the start of a quoted field running over the next lines.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"],
+                     quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+    broken = df.index[(df["Text"] == "") | ~df["Label"].isin(["ham", "spam"])]
+    if len(broken):
+        raise ValueError(f"{path}, line {broken[0] + 1}: expected 'ham' or 'spam', a tab, then "
+                         f"the message; found {df.iloc[broken[0]].tolist()}")
+    return df
+
+
+def create_balanced_dataset(df, seed: int = 123):
+    """As many "ham" messages (a random sample) as there are "spam" ones."""
+    import pandas as pd
+
+    spam = df[df["Label"] == "spam"]
+    ham = df[df["Label"] == "ham"].sample(len(spam), random_state=seed)
+    return pd.concat([ham, spam])
+
+
+def random_split(df, train_frac: float, validation_frac: float, seed: int = 123):
+    """Shuffle the rows, then cut them into (train, validation, test) by these fractions."""
+    df = df.sample(frac=1, random_state=seed).reset_index(drop=True)
+    train_end = int(len(df) * train_frac)
+    validation_end = train_end + int(len(df) * validation_frac)
+    return df[:train_end], df[train_end:validation_end], df[validation_end:]
+
+
+def prepare_spam_splits(data_dir: str | Path = SPAM_DIR, seed: int = 123) -> dict[str, Path]:
+    """Download, balance, label (ham 0, spam 1) and split 70/10/20 into train, validation and
+    test CSV files in `data_dir`; returns {split name: path}."""
+    data_dir = Path(data_dir)
+    df = create_balanced_dataset(load_spam_collection(download_and_unzip_spam_data(data_dir)), seed)
+    df["Label"] = df["Label"].map({"ham": 0, "spam": 1})
+    splits = dict(zip(("train", "validation", "test"), random_split(df, 0.7, 0.1, seed)))
+    paths = {name: data_dir / f"{name}.csv" for name in splits}
+    for name, split in splits.items():
+        split.to_csv(paths[name], index=False)
+    return paths
+
+
+class SpamDataset(Dataset):
+    """Messages from a CSV (columns Text, Label) as equal-length token ids and a class label.
+
+    Every message is cut or padded with `pad_token_id` to `max_length` tokens, by default the
+    longest message in the file, so a batch is one tensor; the validation and test sets take
+    the training set's length, which is the length the classifier learned at.
+    """
+
+    def __init__(self, csv_file: str | Path, tokenizer: tiktoken.Encoding,
+                 max_length: int | None = None, pad_token_id: int = PAD_TOKEN_ID):
+        import pandas as pd
+
+        self.data = pd.read_csv(csv_file, keep_default_na=False)
+        missing = {"Text", "Label"} - set(self.data.columns)
+        if missing:
+            raise ValueError(f"{csv_file} has no column {', '.join(sorted(missing))}; a spam "
+                             "data CSV needs Text and Label (see prepare_spam_splits)")
+        encoded = [encode_message(text, tokenizer) for text in self.data["Text"]]
+        self.max_length = max_length or max(len(ids) for ids in encoded)
+        self.encoded_texts = [pad_ids(ids, self.max_length, pad_token_id) for ids in encoded]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        label = int(self.data.iloc[index]["Label"])
+        return torch.tensor(self.encoded_texts[index]), torch.tensor(label)
+
+
+def encode_message(text: str, tokenizer: tiktoken.Encoding) -> list[int]:
+    """Token ids of a message; "<|endoftext|>" typed in a message stays plain text."""
+    return tokenizer.encode(str(text), disallowed_special=())
+
+
+def pad_ids(ids: list[int], length: int, pad_token_id: int = PAD_TOKEN_ID) -> list[int]:
+    """`ids` cut or padded on the right to exactly `length` tokens."""
+    return ids[:length] + [pad_token_id] * (length - len(ids))
+
+
+def spam_dataloaders(paths: dict[str, Path], tokenizer: tiktoken.Encoding, max_length: int,
+                     batch_size: int = 8, seed: int = 123) -> dict[str, DataLoader]:
+    """Loaders for the train, validation and test CSVs, all padded to the training set's
+    longest message (at most `max_length`, the model's context). Only training is shuffled,
+    and its last partial batch is dropped: a tiny batch would give a noisy update."""
+    train = SpamDataset(paths["train"], tokenizer)
+    length = min(train.max_length, max_length)
+    datasets = {name: SpamDataset(path, tokenizer, length) for name, path in paths.items()}
+    generator = torch.Generator().manual_seed(seed)
+    return {name: DataLoader(ds, batch_size=batch_size, shuffle=name == "train",
+                             drop_last=name == "train", generator=generator)
+            for name, ds in datasets.items()}
+
+
+def load_base_model(init: str, device: torch.device | str = "cpu",
+                    models_dir: str | Path = DEFAULT_MODELS_DIR) -> GPTModel:
+    """The pretrained model a classifier starts from, by name, with dropout off as in the book.
+
+    "openai-124M" (or 355M, 774M, 1558M): OpenAI's weights, as in the book; "random": a fresh
+    model shaped like the course's own (COURSE_MODEL_CONFIG), to see what pretraining is worth;
+    anything else: the path of a checkpoint saved by gpt2.save_checkpoint, such as the course
+    model at gpt_download.COURSE_CHECKPOINT.
+    """
+    if init.startswith("openai-"):
+        return load_pretrained_gpt2(init.removeprefix("openai-"), models_dir, device)
+    if init == "random":
+        return GPTModel({**COURSE_MODEL_CONFIG, "drop_rate": 0.0}).to(device)
+    path = Path(init)
+    if not path.is_file() and path.resolve() == COURSE_CHECKPOINT.resolve():
+        raise FileNotFoundError(f"the course's pretrained model is not at {path} yet: make it with "
+                                "python 1_PreTraining/pretrain.py (or start from 'random')")
+    return without_dropout(load_checkpoint(path, device)[0])
+
+
+def without_dropout(model: GPTModel) -> GPTModel:
+    """Turn every dropout layer off: the book fine-tunes its classifier with drop_rate 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    model.cfg["drop_rate"] = 0.0
+    return model
+
+
+def add_classification_head(model: GPTModel, num_classes: int = 2) -> GPTModel:
+    """Swap the vocabulary-sized output layer for a `num_classes`-way one (new, trainable)."""
+    model.out_head = nn.Linear(model.cfg["emb_dim"], num_classes).to(model.tok_emb.weight.device)
+    return model
+
+
+def freeze_all_but_last_blocks(model: GPTModel, n_blocks: int = 1) -> GPTModel:
+    """Train only the last `n_blocks` transformer blocks, the final norm and the head.
+
+    The early layers hold general features of text that 1,045 messages could not improve
+    and would mostly overfit; the layers near the output are the ones to adapt.
+    """
+    model.requires_grad_(False)
+    trainable = [*model.trf_blocks[len(model.trf_blocks) - n_blocks:], model.final_norm,
+                 model.out_head]
+    for module in trainable:
+        module.requires_grad_(True)
+    return model
+
+
+TRAINABLE_CHOICES = ("last-block", "all", "lora")
+
+
+def prepare_classifier(model: GPTModel, trainable: str = "last-block", lora_rank: int = 16,
+                       lora_alpha: float = 16, num_classes: int = 2) -> GPTModel:
+    """A language model made into a classifier: a new head, and what trains.
+
+    "last-block" as in the book; "all" trains every weight; "lora" freezes every weight and
+    adds low-rank adapters to every linear layer, the new head's included (appendix E).
+    """
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_CHOICES)}, not {trainable!r}")
+    add_classification_head(model, num_classes)
+    if trainable == "last-block":
+        return freeze_all_but_last_blocks(model)
+    model.requires_grad_(trainable == "all")
+    if trainable == "lora":
+        replace_linear_with_lora(model, lora_rank, lora_alpha)  # only the adapters train
+    return model
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Parameters that the optimizer will update (requires_grad), a tied tensor once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def calc_loss_batch_classifier(input_batch: torch.Tensor, target_batch: torch.Tensor,
+                               model: nn.Module, device: torch.device) -> torch.Tensor:
+    """Cross-entropy of the class predicted from each message's last token.
+
+    The book redefines `calc_loss_batch` for this in chapter 6; here the chapter-5 version
+    keeps that name, so this one is named for what it is. Only the last token has attended to
+    every token of the message (the mask hides later tokens from earlier ones), so its output
+    is the one that can speak for the whole message.
+    """
+    logits = model(input_batch.to(device))[:, -1, :]
+    return F.cross_entropy(logits, target_batch.to(device))
+
+
+@torch.no_grad()
+def predict_loader(data_loader: DataLoader, model: nn.Module, device: torch.device,
+                   num_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted classes, true labels) over the first `num_batches` batches (all by default),
+    with dropout off."""
+    model.eval()
+    predictions, labels = [], []
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i == num_batches:
+            break
+        predictions.append(model(input_batch.to(device))[:, -1, :].argmax(dim=-1).cpu())
+        labels.append(target_batch)
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def calc_accuracy_loader(data_loader: DataLoader, model: nn.Module, device: torch.device,
+                         num_batches: int | None = None) -> float:
+    """Share of messages classified right over `num_batches` batches (all by default)."""
+    predictions, labels = predict_loader(data_loader, model, device, num_batches)
+    return (predictions == labels).float().mean().item()
+
+
+def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy, and precision, recall and F1 of the positive class (spam), with the confusion
+    matrix [[true negatives, false positives], [false negatives, true positives]].
+
+    Accuracy alone hides which way a classifier errs: precision says how many messages flagged
+    as spam were spam, recall how much of the spam was caught.
+    """
+    tp = int(((predictions == 1) & (labels == 1)).sum())
+    fp = int(((predictions == 1) & (labels == 0)).sum())
+    fn = int(((predictions == 0) & (labels == 1)).sum())
+    tn = len(labels) - tp - fp - fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall,
+            "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+
+def train_classifier_simple(model: GPTModel, train_loader: DataLoader, val_loader: DataLoader,
+                            optimizer: torch.optim.Optimizer, device: torch.device,
+                            num_epochs: int, eval_freq: int, eval_iter: int
+                            ) -> tuple[list[float], list[float], list[float], list[float], int]:
+    """Train on the last-token loss; every `eval_freq` steps record train/val loss, after every
+    epoch train/val accuracy (over `eval_iter` batches each). A progress bar counts the steps.
+
+    Returns (train_losses, val_losses, train_accs, val_accs, examples_seen).
+    """
+    train_losses, val_losses, train_accs, val_accs = [], [], [], []
+    examples_seen, step = 0, -1
+    bar = tqdm(total=num_epochs * len(train_loader), desc="fine-tuning", unit="step",
+               mininterval=2)
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch_classifier(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            examples_seen += input_batch.shape[0]
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if step % eval_freq == 0:
+                losses = evaluate_model(model, train_loader, val_loader, device, eval_iter,
+                                        calc_loss_batch_classifier)
+                train_losses.append(losses[0])
+                val_losses.append(losses[1])
+                bar.write(f"Ep {epoch + 1} (Step {step:06d}): "
+                          f"Train loss {losses[0]:.3f}, Val loss {losses[1]:.3f}")
+        train_accs.append(calc_accuracy_loader(train_loader, model, device, eval_iter))
+        val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter))
+        bar.write(f"Training accuracy: {train_accs[-1] * 100:.2f}% | "
+                  f"Validation accuracy: {val_accs[-1] * 100:.2f}%")
+    bar.close()
+    return train_losses, val_losses, train_accs, val_accs, examples_seen
+
+
+def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str = "loss"):
+    """Training and validation `label` (loss or accuracy) against epochs (bottom axis) and
+    examples seen (top axis)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()  # same curves, labelled by examples seen
+    ax2.plot(examples_seen, train_values, alpha=0)
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def spam_probability(text: str, model: GPTModel, tokenizer: tiktoken.Encoding,
+                     device: torch.device | str, max_length: int,
+                     pad_token_id: int = PAD_TOKEN_ID) -> float:
+    """The classifier's probability that `text` is spam, padded as in training."""
+    ids = encode_message(text, tokenizer)
+    if not text.strip() or not ids:
+        raise ValueError("the message is empty; give the text of an SMS to classify")
+    length = min(max_length, model.cfg["context_length"])
+    model.eval()
+    logits = model(torch.tensor([pad_ids(ids, length, pad_token_id)], device=device))[:, -1, :]
+    return torch.softmax(logits, dim=-1)[0, 1].item()
+
+
+def classify_review(text: str, model: GPTModel, tokenizer: tiktoken.Encoding,
+                    device: torch.device | str, max_length: int,
+                    pad_token_id: int = PAD_TOKEN_ID) -> str:
+    """ "spam" or "not spam", as the fine-tuned classifier sees `text` (the book's name)."""
+    probability = spam_probability(text, model, tokenizer, device, max_length, pad_token_id)
+    return CLASS_NAMES[int(probability > 0.5)]
+
+
+class LoRALayer(nn.Module):
+    """A low-rank update alpha * x A B (appendix E): A is in_dim x rank, B is rank x out_dim.
+
+    B starts at zero, so the update is nothing until training moves it, and the model begins
+    exactly where the pretrained one was. (The LoRA paper scales by alpha / rank; the book, and
+    this course, by alpha.)
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(in_dim, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises a weight
+        self.B = nn.Parameter(torch.zeros(rank, out_dim))
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * (x @ self.A @ self.B)
+
+
+class LinearWithLoRA(nn.Module):
+    """A frozen linear layer plus a trainable LoRALayer beside it: W x + b + alpha x A B."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.linear = linear
+        self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
+        self.lora.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.lora(x)
+
+    def merged(self) -> nn.Linear:
+        """One plain nn.Linear computing the same: W + alpha (A B)^T, no extra cost per token."""
+        linear = nn.Linear(self.linear.in_features, self.linear.out_features,
+                           bias=self.linear.bias is not None).to(self.linear.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(self.linear.weight + self.lora.alpha * (self.lora.A @ self.lora.B).T)
+            if linear.bias is not None:
+                linear.bias.copy_(self.linear.bias)
+        return linear
+
+
+def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """Wrap every nn.Linear inside `model` in a LinearWithLoRA, in place; returns `model`."""
+    if rank < 1:
+        raise ValueError(f"the LoRA rank must be at least 1, got {rank}")
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(model, name, LinearWithLoRA(child, rank, alpha))
+        else:
+            replace_linear_with_lora(child, rank, alpha)
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LinearWithLoRA back into a plain nn.Linear, in place; returns `model`."""
+    for name, child in model.named_children():
+        if isinstance(child, LinearWithLoRA):
+            setattr(model, name, child.merged())
+        else:
+            merge_lora(child)
+    return model
+
+
+def save_classifier(path: str | Path, model: GPTModel, max_length: int) -> None:
+    """Save a fine-tuned classifier (LoRA merged in) with its config and input length."""
+    merge_lora(model)
+    torch.save({"kind": _CLASSIFIER_KIND, "config": model.cfg, "max_length": max_length,
+                "num_classes": model.out_head.out_features,
+                "model_state_dict": model.state_dict()}, path)
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu"
+                    ) -> tuple[GPTModel, int]:
+    """Rebuild a classifier saved by `save_classifier`; returns (model in eval mode, max_length)."""
+    state = _read_state(Path(path), device)
+    if state.get("kind") != _CLASSIFIER_KIND:
+        raise ValueError(f"{path} is {_describe_checkpoint(state)}, not a classifier saved by "
+                         "gpt2.save_classifier; make one with finetune_classifier.py")
+    model = add_classification_head(GPTModel(state["config"]), state["num_classes"])
+    try:
+        model.load_state_dict(state["model_state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not match the config saved in it "
+                         f"({str(err).splitlines()[1].strip()[:160]})") from None
+    return model.to(device).eval(), state["max_length"]
+
+
+def _describe_checkpoint(state: dict) -> str:
+    weights = state.get("model_state_dict", state)
+    head = weights.get("out_head.weight")
+    if head is None:
+        return "no GPTModel checkpoint"
+    if head.shape[0] > 2 ** 10:
+        return f"a language model (its head predicts {head.shape[0]:,} tokens)"
+    return f"a bare state dict of a {head.shape[0]}-class model with no config (as the book saves)"
 
 # ---------------------------------------------------------------------------------------------
 # Command line: python gpt2.py

@@ -242,7 +242,7 @@ class MultiHeadAttention(gpt2.MultiHeadAttention):
         """
         if self.W_qkv is not None:
             return self._split_qkv(self.W_qkv(x))
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and isinstance(self.W_query, nn.Linear):  # not LoRA-wrapped
             weight, bias = linears_side_by_side([self.W_query, self.W_key, self.W_value])
             return self._split_qkv(linear(x, weight, bias, self.W_query.onednn))
         return super().project(x)

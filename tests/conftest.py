@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ("0_Basics", "1_PreTraining")  # their exercises; pretrain.py, hellaswag.py, ...
+CHAPTERS = ("0_Basics", "1_PreTraining", "2_FineTuning_Classification")  # exercises, scripts
 sys.path[:0] = [str(ROOT / chapter) for chapter in CHAPTERS]
 
 import exercises  # noqa: E402  (each chapter has a package of this name: look in all of them)
