@@ -6,6 +6,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "0_Basics"))
+# After 0_Basics, whose `exercises` package is the one `import exercises` finds; the tests of
+# this chapter's exercises load them by file path (test_exercises_instructions.py).
+sys.path.append(str(ROOT / "3_FineTuning_Instructions"))
 
 import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)
