@@ -146,7 +146,9 @@ def run(args: argparse.Namespace) -> dict:
     context = model.cfg["context_length"]
     train_data, test_data, val_data = load_instruction_data(tokenizer, context, args.format)
     if args.quick:
-        train_data, test_data, val_data = train_data[:40], test_data[:3], val_data[:8]
+        args.train_entries, args.test_entries, args.val_entries = 40, 3, 8
+    train_data, test_data = train_data[:args.train_entries], test_data[:args.test_entries]
+    val_data = val_data[:args.val_entries]
     print(f"{len(train_data)} training, {len(val_data)} validation, {len(test_data)} test "
           f"entries; {gpt2.count_parameters(model):,} parameters, from {args.init}")
 
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
         for line in skipped:
             print(f"judge skipped {line}", file=sys.stderr)
     summary = summarize(table, history, (time.perf_counter() - start) / 60, judge_scores)
-    summary.update(init=args.init, format=args.format, epochs=args.epochs, lr=args.lr,
+    summary.update(init=args.init, format=args.format, train_entries=len(train_data),
+                   val_entries=len(val_data), epochs=args.epochs, lr=args.lr,
                    mask_instructions=args.mask_instructions, generation_dtype=args.dtype,
                    train_minutes=round(train_minutes, 1))
     write_outputs(args.out_dir, model, with_responses, table, history, summary)
@@ -222,8 +225,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None,
                    help="where the outputs go (default: runs/<init or checkpoint folder>-<format> "
                         "beside this script)")
+    p.add_argument("--train-entries", type=int, default=None,
+                   help="use only the first N training entries (default: all 935)")
+    p.add_argument("--val-entries", type=int, default=None,
+                   help="use only the first N validation entries (default: all 55)")
+    p.add_argument("--test-entries", type=int, default=None,
+                   help="answer and score only the first N test entries (default: all 110)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 40 training entries, 3 test entries")
+                   help="a smoke run: 40 training, 8 validation and 3 test entries")
     return p
 
 
@@ -233,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.epochs, args.batch_size, args.eval_freq, args.max_new_tokens) < 1 or args.lr <= 0:
         parser.error("--epochs, --batch-size, --eval-freq and --max-new-tokens must be at least "
                      "1, --lr above 0")
+    if any(n is not None and n < 1 for n in (args.train_entries, args.val_entries,
+                                             args.test_entries)):
+        parser.error("--train-entries, --val-entries and --test-entries must be at least 1")
     if args.out_dir is None:
         name = Path(args.init).parent.name if args.init.endswith(".pth") else args.init
         args.out_dir = HERE / "runs" / f"{name}-{args.format}"
