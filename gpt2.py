@@ -7,7 +7,8 @@ generation, training and OpenAI's weights (chapter 5), instruction fine-tuning a
 (chapter 7), and the command line.
 
 The classes use PyTorch's plain building blocks, as the chapters do. `gpt2_fast.py` swaps faster
-CPU layers into a model with one call (`gpt2_fast.accelerate(model)`); this file never needs it.
+CPU layers into a model with one call (`gpt2_fast.accelerate(model)`); the library never imports
+it, and only `python gpt2.py`, run as a script, generates with it.
 
     python gpt2.py --prompt "Every effort moves you" --max-new-tokens 40
     python gpt2.py --checkpoint model.pth --instruction "Name a colour." --temperature 0
@@ -79,21 +80,20 @@ def config_from_hparams(hparams: dict) -> dict:
 
 def get_device(name: str = "auto") -> torch.device:
     """The device to run on: `name` itself, or for "auto" cuda, then Apple's mps, then cpu."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+                 "cpu": True}
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
+        name = next(kind for kind, there in available.items() if there)
+    kind = name.split(":")[0]
+    if kind not in available:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if not available[kind]:
+        raise ValueError(f"this machine has no {kind} device (or this PyTorch was built without "
+                         "it); use --device cpu, or auto to pick what is there")
     try:
-        device = torch.device(name)
-    except RuntimeError:
+        return torch.device(name)
+    except RuntimeError:  # e.g. "cuda:x"
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("this machine has no CUDA GPU (or this PyTorch was built without CUDA); "
-                         "use --device cpu, or auto to pick what is there")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("Apple's mps device is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"the course runs on cpu, cuda or mps, not {name!r}")
-    return device
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 2: text and data
@@ -635,6 +635,36 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict) -> None:
     gpt.out_head.weight = gpt.tok_emb.weight
 
 
+def load_weights_from_hf(gpt: GPTModel, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy Hugging Face's GPT-2 weights (a GPT2LMHeadModel's state dict) into `gpt`, in place.
+
+    They are OpenAI's arrays under other names: HF's Conv1D layer keeps OpenAI's [in, out]
+    layout and its fused c_attn. So each key is renamed to OpenAI's (h.3.attn.c_attn.weight ->
+    model/h3/attn/c_attn/w) and `load_weights_into_gpt` does the transposes, the q/k/v split and
+    the tied head. Keys may start with "transformer." or not (GPT2Model); HF's causal-mask
+    buffers (attn.bias, attn.masked_bias) are skipped.
+    """
+    state = {key.removeprefix("transformer."): value.detach().cpu().float().numpy()
+             for key, value in state_dict.items()
+             if not key.endswith((".attn.bias", ".attn.masked_bias"))}
+    head = state.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in state and not np.array_equal(head, state["wte.weight"]):
+        raise ValueError("lm_head.weight differs from wte.weight, but GPTModel ties its output "
+                         "head to the token embedding; this checkpoint cannot be loaded into it")
+    n_blocks = len({key.split(".")[1] for key in state if key.startswith("h.")})
+    params = {"blocks": [{} for _ in range(n_blocks)]}
+    for key, array in state.items():
+        *path, leaf = key.split(".")
+        if path[0] not in ("h", "wte", "wpe", "ln_f"):
+            raise ValueError(f"{key} is not a GPT-2 weight; pass a GPT2LMHeadModel's state dict")
+        if path[0] == "h":  # h.3.attn.c_attn -> h3/attn/c_attn
+            path = [f"h{path[1]}", *path[2:]]
+        if path[0] not in ("wte", "wpe"):  # embeddings have no leaf name in OpenAI's files
+            path.append("b" if leaf == "bias" else "g" if path[-1].startswith("ln") else "w")
+        gpt_download._place(params, "/".join(["model", *path]), array)
+    load_weights_into_gpt(gpt, params)
+
+
 def load_pretrained_gpt2(model_size: str = "124M", models_dir: str | Path = DEFAULT_MODELS_DIR,
                          device: torch.device | str = "cpu") -> GPTModel:
     """OpenAI's GPT-2 of one size, downloaded if needed, as a GPTModel in eval mode."""
@@ -1048,6 +1078,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="which OpenAI GPT-2 to load (default: %(default)s)")
     add("--checkpoint", type=Path, help="a .pth saved by gpt2.save_checkpoint, e.g. the course's "
         "own model made by 1_PreTraining/pretrain.py; used instead of --model-size")
+    add("--hf-model", metavar="PATH_OR_NAME", help="a Hugging Face GPT2LMHeadModel (a "
+        "save_pretrained folder or a name such as gpt2-medium), read with transformers; used "
+        "instead of --model-size")
     add("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
         help="where OpenAI's checkpoints are kept (default: %(default)s)")
     add("--max-new-tokens", type=int, default=50, help="how many tokens to add (default: %(default)s)")
@@ -1071,6 +1104,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def load_model_for_cli(args: argparse.Namespace, device: torch.device) -> GPTModel:
     if args.checkpoint is not None:
         return load_checkpoint(args.checkpoint, device)[0].eval()
+    if args.hf_model is not None:
+        return load_hf_gpt2(args.hf_model, device)
     try:
         return load_pretrained_gpt2(args.model_size, args.models_dir, device)
     except DownloadError as err:
@@ -1079,14 +1114,27 @@ def load_model_for_cli(args: argparse.Namespace, device: torch.device) -> GPTMod
                             f"--checkpoint {COURSE_CHECKPOINT}") from None
 
 
-def plain_for_generation(model: GPTModel, dtype: str) -> GPTModel:
-    """The model itself in fp32 or bf16; `python gpt2.py` uses gpt2_fast.for_generation instead."""
-    if dtype == "int8":
-        raise ValueError("int8 generation needs gpt2_fast.for_generation (python gpt2.py uses it)")
-    return model.to(torch.bfloat16) if dtype == "bf16" else model
+def load_hf_gpt2(name: str, device: torch.device) -> GPTModel:
+    """Hugging Face's GPT2LMHeadModel `name` (a folder or a hub name) as a GPTModel."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("--hf-model needs Hugging Face transformers: pip install transformers") from None
+    try:
+        hf = transformers.GPT2LMHeadModel.from_pretrained(name)
+    except (OSError, ValueError) as err:  # not found locally, not in the cache, or offline
+        raise FileNotFoundError(f"transformers could not load {name!r}: give a folder written by "
+                                "save_pretrained, or a model name in your Hugging Face cache "
+                                "(or reachable online)") from err
+    c = hf.config
+    model = GPTModel(config_from_hparams({"n_vocab": c.vocab_size, "n_ctx": c.n_positions,
+                                          "n_embd": c.n_embd, "n_head": c.n_head,
+                                          "n_layer": c.n_layer}))
+    load_weights_from_hf(model, hf.state_dict())
+    return model.to(device).eval()
 
 
-def run_cli(args: argparse.Namespace, for_generation=plain_for_generation) -> None:
+def run_cli(args: argparse.Namespace, for_generation) -> None:
     torch.manual_seed(args.seed)
     device = get_device(args.device)
     model = load_model_for_cli(args, device)
@@ -1123,8 +1171,9 @@ def run_cli(args: argparse.Namespace, for_generation=plain_for_generation) -> No
               f"in {args.dtype}, {n_parameters:,} parameters]", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None, for_generation=plain_for_generation) -> int:
-    """The command line; `for_generation(model, dtype)` prepares the model to generate."""
+def main(argv: list[str] | None, for_generation) -> int:
+    """The command line; `for_generation(model, dtype)` prepares the model to generate
+    (`gpt2_fast.for_generation` when run as a script)."""
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -1146,4 +1195,4 @@ if __name__ == "__main__":
     # itself never imports the speed module.
     import gpt2_fast
 
-    sys.exit(gpt2_fast.gpt2.main(for_generation=gpt2_fast.for_generation))
+    sys.exit(gpt2_fast.gpt2.main(sys.argv[1:], gpt2_fast.for_generation))

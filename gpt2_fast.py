@@ -64,6 +64,7 @@ def mkl_is_slow_here() -> bool:
     return "AuthenticAMD" in _cpu_description()
 
 
+@functools.cache
 def cpu_has_vnni() -> bool:
     """x86 instructions that multiply int8 without the overflow older CPUs risk (_pack_int8)."""
     return any(flag in _cpu_description().split() for flag in ("avx512_vnni", "avx_vnni"))
@@ -76,22 +77,27 @@ def onednn_linear_available() -> bool:
         hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
 
 
-def tune_malloc() -> bool:
+# glibc's dynamic thresholds settle here once the first large blocks have been freed.
+GLIBC_STEADY_THRESHOLDS = {"mmap_threshold": 32 << 20, "trim_threshold": 64 << 20}
+
+
+def tune_malloc(mmap_threshold: int = 1 << 29, trim_threshold: int = 1 << 30) -> bool:
     """Keep freed memory in the process instead of returning it to the system at once (glibc).
 
     A GPT-2 124M training step allocates several tensors over glibc's 32 MB mmap ceiling
     (logits, the loss's softmax and their gradients); each is mapped fresh and faulted in page
     by page, ~314,000 page faults a step, then handed back. Raising the mmap and trim
-    thresholds lets malloc reuse that memory. It is process-wide, so only a script that owns
-    its process (pretrain.py) calls it. Returns whether it could (Linux with glibc only).
+    thresholds lets malloc reuse that memory (bench/malloc.py measures it). It is process-wide,
+    so only a script that owns its process (pretrain.py) calls it. Returns whether it could
+    (Linux with glibc only).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-    limit = 1 << 30
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 29)) and bool(libc.mallopt(m_trim_threshold, limit))
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
+        libc.mallopt(m_trim_threshold, trim_threshold))
 
 # ---------------------------------------------------------------------------------------------
 # Matmuls on oneDNN
@@ -328,6 +334,7 @@ class PackedLinear(nn.Module):
             weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
         if self.kernel == "fbgemm":
             self.packed = _pack_int8(weight, bias)
+            self.reduce_range = not cpu_has_vnni()
             return
         self.register_buffer("bias", bias)  # zeros for a layer without one
         if self.kernel == "onednn_packed":  # an opaque oneDNN tensor, so not a buffer
@@ -351,7 +358,7 @@ class PackedLinear(nn.Module):
         elif self.kernel == "onednn_packed":
             out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif self.kernel == "fbgemm":
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=not cpu_has_vnni())
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range=self.reduce_range)
         elif len(rows) == 1:
             out = torch.addmv(self.bias, self.weight, rows[0]).unsqueeze(0)
         else:

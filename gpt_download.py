@@ -83,6 +83,11 @@ DATA_FILES = {
     "sms_spam_collection.zip": (
         "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip", None,
     ),
+    # HellaSwag's validation set, from its authors' repository. No hash: the file is in no
+    # mirror these course machines can reach, so nobody here could read its bytes to pin them.
+    "hellaswag_val.jsonl": (
+        "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl", None,
+    ),
 }
 
 _CHUNK = 1 << 20

@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "0_Basics"))
-# After 0_Basics, whose `exercises` package is the one `import exercises` finds; the tests of
-# this chapter's exercises load them by file path (test_exercises_instructions.py).
-sys.path.append(str(ROOT / "3_FineTuning_Instructions"))
+# Chapter folders: their exercises, and their modules (pretrain.py, ollama_judge.py, ...).
+CHAPTERS = ("0_Basics", "1_PreTraining", "3_FineTuning_Instructions")
+sys.path[:0] = [str(ROOT / chapter) for chapter in CHAPTERS]
+
+import exercises  # noqa: E402  (each chapter has a package of this name: look in all of them)
+exercises.__path__[:] = [str(ROOT / chapter / "exercises") for chapter in CHAPTERS]
 
 import gpt2_fast  # noqa: E402
 from gpt2_fixtures import MirrorServer  # noqa: E402  (needs the path above)

@@ -24,6 +24,7 @@ EXPECTED = {
                    "train_step_fp32_dropout_none", "dropout_share_of_step"},
     "matmul.py": {"onednn_matmul_default", "matmul_ff_up_forward", "matmul_head_grad_weight",
                   "train_step_fp32_matmul_onednn", "train_step_fp32_matmul_pytorch"},
+    "malloc.py": {"train_step_fp32_malloc_tuned", "train_step_fp32_malloc_glibc_default"},
     "load.py": {"load_converting_tf_checkpoint", "load_first_in_process",
                 "load_second_in_process", "load_read_params_only", "load_peak_rss"},
 }

@@ -95,8 +95,9 @@ def test_no_network_no_files_explains_instead_of_a_traceback(tmp_path):
     (("--checkpoint", "missing.pth"), "no checkpoint at missing.pth"),
     (("--checkpoint", str(ROOT / "README.md")), "is not a PyTorch checkpoint"),
     (("--device", "foo"), "unknown device 'foo'"),
-    (("--device", "mps"), "mps device is not available"),
-] + ([] if torch.cuda.is_available() else [(("--device", "cuda"), "has no CUDA GPU")]))
+    (("--device", "tpu"), "unknown device 'tpu'"),
+] + ([] if torch.backends.mps.is_available() else [(("--device", "mps"), "has no mps device")])
+  + ([] if torch.cuda.is_available() else [(("--device", "cuda"), "has no cuda device")]))
 def test_bad_input_gets_a_message(args, message, tiny_checkpoint):
     result = run("--checkpoint", str(tiny_checkpoint), *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr

@@ -1,4 +1,4 @@
-"""The checks of chapter 3's exercises: wrong answers are rejected, right ones accepted.
+"""The checks of chapter 4's exercises: wrong answers are rejected, right ones accepted.
 
 The right answers are worked out here from first principles (shapes of the weight matrices),
 independently of the checks, which build the models.
@@ -64,7 +64,7 @@ class SeparateDropoutGPT(gpt2.GPTModel):
         super().__init__(cfg)
         self.drop_emb = nn.Dropout(cfg["drop_rate_emb"])
         for block in self.trf_blocks:
-            block.att.dropout = cfg["drop_rate_attn"]
+            block.att.dropout = nn.Dropout(cfg["drop_rate_attn"])
             block.drop_shortcut = nn.Dropout(cfg["drop_rate_shortcut"])
 
 

@@ -1,4 +1,4 @@
-"""The checks of chapter 2's exercises reject wrong answers and accept right ones."""
+"""The checks of chapter 3's exercises reject wrong answers and accept right ones."""
 import torch
 
 import gpt2

@@ -1,25 +1,13 @@
 """The checks of chapter 7's exercises: wrong answers are rejected, right ones accepted.
 
-0_Basics also has a package named `exercises`, first on sys.path, so chapter 7's is loaded here
-from its file under another name. The right answers are written here independently of the
-checks.
+The right answers are written here independently of the checks.
 """
-import importlib.util
-import sys
-
 import torch
 import torch.nn as nn
 
 import gpt2
-from conftest import ROOT
-
-_FOLDER = ROOT / "3_FineTuning_Instructions" / "exercises"
-_spec = importlib.util.spec_from_file_location("ch7_exercises", _FOLDER / "__init__.py",
-                                               submodule_search_locations=[str(_FOLDER)])
-sys.modules["ch7_exercises"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sys.modules["ch7_exercises"])
-from ch7_exercises.instructions import (check_adamw_memory_gb, check_lora,  # noqa: E402
-                                        check_masked_collate, check_phi3_format, check_rouge_l)
+from exercises.instructions import (check_adamw_memory_gb, check_lora, check_masked_collate,
+                                    check_phi3_format, check_rouge_l)
 
 
 def test_phi3_format() -> None:

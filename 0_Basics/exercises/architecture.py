@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter 3, the GPT architecture.
+"""Checks for the exercises of chapter 4, "The GPT architecture".
 
 Every expected number is computed here from `gpt2.py`: the models are built on PyTorch's "meta"
 device, which records each tensor's shape but allocates no memory, so even GPT-2 XL (1.6 billion
@@ -115,11 +115,6 @@ def check_heads_config(cfg: dict | None, head_dim: int | None) -> bool:
                          "query, key and value matrices, so the parameter count cannot change")
 
 
-def _rate(dropout: nn.Dropout | float) -> float:
-    """A dropout rate: our notebook's attention keeps an nn.Dropout, gpt2's keeps the float."""
-    return dropout.p if isinstance(dropout, nn.Dropout) else float(dropout)
-
-
 def check_separate_dropout(model: nn.Module | None, cfg: dict) -> bool:
     """Exercise 5: does `model` use cfg's drop_rate_emb, drop_rate_attn and drop_rate_shortcut?"""
     if model is None:
@@ -129,7 +124,7 @@ def check_separate_dropout(model: nn.Module | None, cfg: dict) -> bool:
         return verdict(False, "pick three different rates, so the check can tell them apart")
     if model.drop_emb.p != cfg["drop_rate_emb"]:
         return verdict(False, "drop_emb does not use drop_rate_emb")
-    if any(_rate(block.att.dropout) != cfg["drop_rate_attn"] for block in model.trf_blocks):
+    if any(block.att.dropout.p != cfg["drop_rate_attn"] for block in model.trf_blocks):
         return verdict(False, "the attention of every block should drop with drop_rate_attn")
     if any(block.drop_shortcut.p != cfg["drop_rate_shortcut"] for block in model.trf_blocks):
         return verdict(False, "drop_shortcut of every block should use drop_rate_shortcut")

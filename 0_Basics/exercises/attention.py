@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter 2, "Attention".
+"""Checks for the exercises of chapter 3, "Attention".
 
 Every expected answer is worked out here, from gpt2.py or from first principles, so a check can
 never drift from the library it is about.

@@ -1,4 +1,4 @@
-"""Checks for the exercises of chapter 1, "Working with text".
+"""Checks for the exercises of chapter 2, "Working with text".
 
 Each check works out the right answer itself, from gpt2.py or from the text, so the questions
 stay correct if the tokenizer or the data loader ever change. A wrong answer gets a hint, never
