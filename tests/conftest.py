@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ("0_Basics", "1_PreTraining", "2_FineTuning_Classification")  # exercises, scripts
+# Chapter folders: their exercises, and their modules (pretrain.py, ollama_judge.py, ...).
+CHAPTERS = ("0_Basics", "1_PreTraining", "2_FineTuning_Classification", "3_FineTuning_Instructions")
 sys.path[:0] = [str(ROOT / chapter) for chapter in CHAPTERS]
 
 import exercises  # noqa: E402  (each chapter has a package of this name: look in all of them)
