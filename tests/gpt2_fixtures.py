@@ -4,6 +4,7 @@
 - `nest_params`: the same arrays in the nested layout gpt_download returns (written
   independently of gpt_download, so tests of the loader are not tests of itself).
 - `write_tf_checkpoint`: a real TF1-format checkpoint folder, the seven files OpenAI ships.
+- `write_tiny_checkpoint`: a small untrained model saved by gpt2.save_checkpoint.
 - `MirrorServer`: a loopback HTTP mirror (HOST/PATH layout) that can fail on purpose.
 - `process_memory_mb`: a memory figure of this process from Linux's /proc.
 """
@@ -94,6 +95,19 @@ def nest_params(variables: dict[str, np.ndarray], n_layer: int) -> dict:
             node = node.setdefault(part, {})
         node[rest[-1] if rest else first] = np.squeeze(array, axis=0) if array.ndim == 3 else array
     return params
+
+
+def write_tiny_checkpoint(folder: Path, cfg: dict) -> Path:
+    """A checkpoint of an untrained GPTModel(cfg), seeded, as gpt2.save_checkpoint writes it:
+    what the command-line tests generate from."""
+    import torch
+
+    import gpt2
+
+    torch.manual_seed(0)
+    path = folder / "tiny.pth"
+    gpt2.save_checkpoint(path, gpt2.GPTModel(cfg))
+    return path
 
 
 def write_tf_checkpoint(model_dir: Path, hparams: dict, variables: dict[str, np.ndarray]) -> Path:

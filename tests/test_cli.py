@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpt2
+from gpt2_fixtures import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {**gpt2.GPT_CONFIG_124M, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2}
@@ -24,10 +25,7 @@ def run(*args: str, env_mirror: str | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    gpt2.save_checkpoint(path, gpt2.GPTModel(TINY))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY)
 
 
 def greedy_text(checkpoint: Path, prompt: str, new_tokens: int) -> str:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import gpt2
+from gpt2_fixtures import write_tiny_checkpoint
 from hellaswag import (MalformedExampleError, encode_example, ending_losses, evaluate_hellaswag,
                        load_examples, pad_rows)
 
@@ -185,10 +186,7 @@ def run(*args: str, mirror: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    gpt2.save_checkpoint(path, gpt2.GPTModel(TINY))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY)
 
 
 def test_cli_scores_a_checkpoint_and_prints_both_accuracies(tmp_path, tiny_checkpoint):

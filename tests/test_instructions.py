@@ -13,6 +13,7 @@ import torch
 
 import gpt2
 import ollama_judge
+from gpt2_fixtures import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {**gpt2.GPT_CONFIG_124M, "context_length": 128, "emb_dim": 32, "n_heads": 4, "n_layers": 2}
@@ -276,10 +277,7 @@ def test_resized_model_keeps_old_logits(tied) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    gpt2.save_checkpoint(path, gpt2.GPTModel(TINY))
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY)
 
 
 def test_cli_instruction_prints_only_the_response(tiny_checkpoint) -> None:
