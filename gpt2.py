@@ -491,6 +491,27 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
 # ---------------------------------------------------------------------------------------------
 
 
+def init_weights(model: GPTModel, tie_head: bool = True) -> GPTModel:
+    """Draw the weights as GPT-2 was initialised, for training from scratch.
+
+    Every weight N(0, 0.02), biases zero, and the projections that add into the residual
+    stream (attention's out_proj, the feed-forward's second layer) scaled by 1/sqrt(2 x layers)
+    so the stream's variance does not grow with depth. `tie_head` makes the output layer share
+    the token embedding, as GPT-2 does; with PyTorch's default N(0, 1) embeddings a tied head
+    would start with logits in the hundreds.
+    """
+    if tie_head:
+        model.out_head.weight = model.tok_emb.weight
+    residual_scale = (2 * model.cfg["n_layers"]) ** -0.5
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            scale = residual_scale if name.endswith(("out_proj", "layers.2")) else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
                     device: torch.device) -> torch.Tensor:
     """Mean cross-entropy of the next-token predictions over one batch."""
@@ -893,15 +914,16 @@ def load_base_model(init: str, device: torch.device | str = "cpu",
                     models_dir: str | Path = DEFAULT_MODELS_DIR) -> GPTModel:
     """The pretrained model a classifier starts from, by name, with dropout off as in the book.
 
-    "openai-124M" (or 355M, 774M, 1558M): OpenAI's weights, as in the book; "random": a fresh
-    model shaped like the course's own (COURSE_MODEL_CONFIG), to see what pretraining is worth;
-    anything else: the path of a checkpoint saved by gpt2.save_checkpoint, such as the course
-    model at gpt_download.COURSE_CHECKPOINT.
+    "openai-124M" (or 355M, 774M, 1558M): OpenAI's weights, as in the book; "random": the
+    course model's starting point before pretraining (COURSE_MODEL_CONFIG, init_weights, drawn
+    from torch's current seed), to see what pretraining is worth; anything else: the path of a
+    checkpoint saved by gpt2.save_checkpoint, such as the course model at
+    gpt_download.COURSE_CHECKPOINT. Chapters 6 and 7 both start from here.
     """
     if init.startswith("openai-"):
-        return load_pretrained_gpt2(init.removeprefix("openai-"), models_dir, device)
+        return without_dropout(load_pretrained_gpt2(init.removeprefix("openai-"), models_dir, device))
     if init == "random":
-        return GPTModel({**COURSE_MODEL_CONFIG, "drop_rate": 0.0}).to(device)
+        return init_weights(GPTModel({**COURSE_MODEL_CONFIG, "drop_rate": 0.0})).to(device)
     path = Path(init)
     if not path.is_file() and path.resolve() == COURSE_CHECKPOINT.resolve():
         raise FileNotFoundError(f"the course's pretrained model is not at {path} yet: make it with "

@@ -172,26 +172,9 @@ def model_config(args: argparse.Namespace) -> dict:
     return {**base, "context_length": args.context, "drop_rate": args.dropout}
 
 
-def init_weights(model: gpt2.GPTModel) -> None:
-    """GPT-2's initialisation: every weight N(0, 0.02), biases zero, and the projections that
-    add into the residual stream scaled by 1/sqrt(2 x layers), so the stream's variance does
-    not grow with depth. PyTorch's defaults (N(0, 1) embeddings) would make a tied head's
-    first logits huge."""
-    std = 0.02
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            scale = (2 * model.cfg["n_layers"]) ** -0.5 if name.endswith(("out_proj", "layers.2")) else 1
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std * scale)
-        if isinstance(module, torch.nn.Linear) and module.bias is not None:
-            torch.nn.init.zeros_(module.bias)
-
-
 def build_model(cfg: dict, tie_weights: bool, device: torch.device) -> gpt2.GPTModel:
-    model = gpt2.GPTModel(cfg)
-    if tie_weights:  # one matrix both embeds tokens and scores them at the output
-        model.out_head.weight = model.tok_emb.weight
-    init_weights(model)
-    model.to(device)
+    # GPT-2's initialisation; tied: one matrix both embeds tokens and scores them at the output
+    model = gpt2.init_weights(gpt2.GPTModel(cfg), tie_head=tie_weights).to(device)
     if device.type == "cpu":
         gpt2_fast.accelerate(model)  # faster CPU layers, same parameters and state-dict keys
     return model

@@ -29,41 +29,6 @@ import gpt_download
 import ollama_judge
 
 HERE = Path(__file__).resolve().parent
-# The model 1_PreTraining/pretrain.py trains by default: what "random" builds when the course's
-# checkpoint is not there to copy the shape from.
-SMALL_CONFIG = {**gpt2.GPT_CONFIG_124M, "n_layers": 6, "n_heads": 6, "emb_dim": 384,
-                "context_length": 256}
-
-
-def load_base_model(init: str, device: torch.device, seed: int = 123) -> gpt2.GPTModel:
-    """The model to fine-tune: "openai-355M" / "openai-124M" (OpenAI's weights), a .pth
-    checkpoint, or "random" (untrained, shaped like the course's checkpoint)."""
-    # Not gpt2.load_base_model (chapter 6): that one turns dropout off and builds "random" with
-    # PyTorch's default initialisation, untied; unifying the two is left for a later change.
-    if init.startswith("openai-"):
-        return gpt2.load_pretrained_gpt2(init.removeprefix("openai-"), device=device)
-    if init == "random":
-        cfg = SMALL_CONFIG
-        if gpt_download.COURSE_CHECKPOINT.is_file():
-            cfg = gpt2.load_checkpoint(gpt_download.COURSE_CHECKPOINT)[0].cfg
-        torch.manual_seed(seed)
-        return init_like_gpt2(gpt2.GPTModel(cfg)).to(device)
-    if init.endswith(".pth"):
-        return gpt2.load_checkpoint(init, device)[0]
-    raise ValueError(f"--init {init!r}: give openai-355M, openai-124M, random or a .pth file")
-
-
-def init_like_gpt2(model: gpt2.GPTModel) -> gpt2.GPTModel:
-    """Draw every weight from N(0, 0.02) and zero the biases, as GPT-2 was initialised, and tie
-    the output head to the token embedding, as in GPT-2 and the course's model. (PyTorch's
-    default N(0, 1) embeddings, tied, would start with logits in the hundreds.)"""
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            torch.nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, torch.nn.Linear) and module.bias is not None:
-            torch.nn.init.zeros_(module.bias)
-    model.out_head.weight = model.tok_emb.weight
-    return model
 
 
 def load_instruction_data(tokenizer, context_length: int, prompt_format: str
@@ -140,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = gpt2.get_device(args.device)
-    model = load_base_model(args.init, device, args.seed)
+    torch.manual_seed(args.seed)  # the draw of --init random
+    model = gpt2.load_base_model(args.init, device)
     tokenizer = gpt2.get_prompt_format(args.format).tokenizer()
     if args.format == "chat":
         gpt2.resize_token_embeddings(model, tokenizer.n_vocab)

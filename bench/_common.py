@@ -130,21 +130,12 @@ def bench_config(quick: bool) -> dict:
 
 
 def random_gpt(config: dict) -> gpt2.GPTModel:
-    """Our model with random weights drawn as GPT-2 draws them (normal, std 0.02; biases 0) and
-    GPT-2's tied output head, as in OpenAI's checkpoints.
+    """Our model with GPT-2's random initialisation and tied head (`gpt2.init_weights`).
 
     PyTorch's default init (std 1 for embeddings) with a tied head makes logits in the
     hundreds, and the first optimizer steps then fill the gradients with subnormal floats,
     which this CPU multiplies ~5x slower: a benchmark of that would measure the init."""
-    model = gpt2.GPTModel(config)
-    model.out_head.weight = model.tok_emb.weight
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("weight"):
-                param.normal_(0.0, 0.02)
-            elif name.endswith("bias"):
-                param.zero_()
-    return model
+    return gpt2.init_weights(gpt2.GPTModel(config))
 
 
 def hf_twin(model: gpt2.GPTModel):

@@ -154,3 +154,28 @@ def test_the_books_printed_numbers_come_out_with_seed_123(accelerated):
         train_loss = gpt2.calc_loss_loader(train_loader, model, "cpu")
         val_loss = gpt2.calc_loss_loader(val_loader, model, "cpu")
     assert (round(train_loss, 4), round(val_loss, 4)) == (10.9876, 10.9811)
+
+
+def test_init_weights_draws_like_gpt2_and_scales_the_residual_projections():
+    torch.manual_seed(0)
+    cfg = {**gpt2.GPT_CONFIG_124M, "emb_dim": 256, "n_heads": 4, "n_layers": 8}
+    model = gpt2.init_weights(gpt2.GPTModel(cfg))
+    assert model.out_head.weight is model.tok_emb.weight
+    block = model.trf_blocks[0]
+    assert block.att.W_query.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for projection in (block.att.out_proj, block.ff.layers[2]):  # add into the residual stream
+        assert projection.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # 1/sqrt(16)
+        assert not projection.bias.any()
+    untied = gpt2.init_weights(gpt2.GPTModel(cfg), tie_head=False)
+    assert untied.out_head.weight is not untied.tok_emb.weight
+
+
+def test_random_base_model_is_the_course_model_before_pretraining_and_seeded():
+    models = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        models.append(gpt2.load_base_model("random"))
+    a, b = models
+    assert a.cfg == {**gpt2.COURSE_MODEL_CONFIG, "drop_rate": 0.0}
+    assert a.out_head.weight is a.tok_emb.weight
+    assert torch.equal(a.trf_blocks[3].ff.layers[0].weight, b.trf_blocks[3].ff.layers[0].weight)
