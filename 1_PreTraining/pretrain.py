@@ -503,6 +503,13 @@ def load_windows(args: argparse.Namespace, folder: Path, world: int, accum: int
 
 def run(args: argparse.Namespace) -> None:
     gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
+    train_loop(*prepare_training(args))
+
+
+def prepare_training(args: argparse.Namespace) -> tuple[Trainer, argparse.Namespace, int,
+                                                         DataPosition, Path]:
+    """Everything before the first step: processes, data, model, optimizer, resume state and
+    the log; returns train_loop's arguments."""
     check_args(args)
     rank_dist = setup_process(args.device)
     device, is_main = rank_dist.device, rank_dist.is_main
@@ -541,7 +548,7 @@ def run(args: argparse.Namespace) -> None:
               f"{args.context} tokens, {args.batch_size * accum * rank_dist.world * args.context:,} "
               f"tokens per step ({rank_dist.world} process(es) x {accum} micro-batch(es) x "
               f"{args.batch_size}), {device}, {trainer.dtype or 'fp32'}", file=sys.stderr)
-    train_loop(trainer, args, step, position, log_path)
+    return trainer, args, step, position, log_path
 
 
 def train_loop(trainer: Trainer, args: argparse.Namespace, step: int, position: DataPosition,

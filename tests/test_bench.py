@@ -25,6 +25,7 @@ EXPECTED = {
     "matmul.py": {"onednn_matmul_default", "matmul_ff_up_forward", "matmul_head_grad_weight",
                   "train_step_fp32_matmul_onednn", "train_step_fp32_matmul_pytorch"},
     "malloc.py": {"train_step_fp32_malloc_tuned", "train_step_fp32_malloc_glibc_default"},
+    "pretrain.py": {"pretrain_run_seconds_per_step", "bench_train_step_seconds"},
     "load.py": {"load_converting_tf_checkpoint", "load_first_in_process",
                 "load_second_in_process", "load_read_params_only", "load_peak_rss"},
 }
