@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     try:
         metrics = finetune(args)
     except (gpt2.DownloadError, FileNotFoundError, ValueError, ImportError) as err:

@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir is None:
         name = Path(args.init).parent.name if args.init.endswith(".pth") else args.init
         args.out_dir = HERE / "runs" / f"{name}-{args.format}"
+    gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     try:
         summary = run(args)
     except (gpt_download.DownloadError, FileNotFoundError, ValueError) as err:
