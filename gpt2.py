@@ -921,7 +921,7 @@ def load_base_model(init: str, device: torch.device | str = "cpu",
     gpt_download.COURSE_CHECKPOINT. Chapters 6 and 7 both start from here.
     """
     if init.startswith("openai-"):
-        return without_dropout(load_pretrained_gpt2(init.removeprefix("openai-"), models_dir, device))
+        return load_pretrained_gpt2(init.removeprefix("openai-"), models_dir, device)  # drop_rate 0 already
     if init == "random":
         return init_weights(GPTModel({**COURSE_MODEL_CONFIG, "drop_rate": 0.0})).to(device)
     path = Path(init)

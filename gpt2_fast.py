@@ -88,8 +88,8 @@ def tune_malloc(mmap_threshold: int = 1 << 29, trim_threshold: int = 1 << 30) ->
     (logits, the loss's softmax and their gradients); each is mapped fresh and faulted in page
     by page, ~314,000 page faults a step, then handed back. Raising the mmap and trim
     thresholds lets malloc reuse that memory (bench/malloc.py measures it). It is process-wide,
-    so only a script that owns its process (pretrain.py, the fine-tuning scripts) calls it. Returns whether it could
-    (Linux with glibc only).
+    so only a script that owns its process (pretrain.py, the fine-tuning scripts) calls it.
+    Returns whether it could (Linux with glibc only).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

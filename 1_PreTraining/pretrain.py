@@ -503,13 +503,13 @@ def load_windows(args: argparse.Namespace, folder: Path, world: int, accum: int
 
 def run(args: argparse.Namespace) -> None:
     gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
-    train_loop(*prepare_training(args))
+    trainer, step, position, log_path = prepare_training(args)
+    train_loop(trainer, args, step, position, log_path)
 
 
-def prepare_training(args: argparse.Namespace) -> tuple[Trainer, argparse.Namespace, int,
-                                                         DataPosition, Path]:
+def prepare_training(args: argparse.Namespace) -> tuple[Trainer, int, DataPosition, Path]:
     """Everything before the first step: processes, data, model, optimizer, resume state and
-    the log; returns train_loop's arguments."""
+    the log; returns what train_loop needs besides the arguments."""
     check_args(args)
     rank_dist = setup_process(args.device)
     device, is_main = rank_dist.device, rank_dist.is_main
@@ -548,7 +548,7 @@ def prepare_training(args: argparse.Namespace) -> tuple[Trainer, argparse.Namesp
               f"{args.context} tokens, {args.batch_size * accum * rank_dist.world * args.context:,} "
               f"tokens per step ({rank_dist.world} process(es) x {accum} micro-batch(es) x "
               f"{args.batch_size}), {device}, {trainer.dtype or 'fp32'}", file=sys.stderr)
-    return trainer, args, step, position, log_path
+    return trainer, step, position, log_path
 
 
 def train_loop(trainer: Trainer, args: argparse.Namespace, step: int, position: DataPosition,

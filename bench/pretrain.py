@@ -17,6 +17,7 @@ The issue's target: at most 3% more time per step than the reference.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import sys
@@ -36,23 +37,23 @@ import pretrain  # noqa: E402
 TARGETS = {"pretrain_step_vs_bench_step": -1.03}
 
 
-def pretrain_argv(steps: int, quick: bool, out_dir: str) -> list[str]:
+def pretrain_args(steps: int, quick: bool, out_dir: str) -> argparse.Namespace:
     size = ["--n-layer", "2", "--n-head", "4", "--emb-dim", "64"] if quick else ["--model-size", "124M"]
-    return [*size, "--context", "64" if quick else "256", "--batch-size", "4", "--dtype", "fp32",
-            "--device", "cpu", "--steps", str(steps), "--warmup", str(steps // 5),
-            "--eval-every", str(steps), "--eval-batches", "1", "--sample-tokens", "1",
-            "--out-dir", out_dir]
+    return pretrain.build_arg_parser().parse_args(
+        [*size, "--context", "64" if quick else "256", "--batch-size", "4", "--dtype", "fp32",
+         "--device", "cpu", "--steps", str(steps), "--warmup", str(steps // 5),
+         "--eval-every", str(steps), "--eval-batches", "1", "--sample-tokens", "1",
+         "--out-dir", out_dir])
 
 
-def time_pretrain_run(steps: int, quick: bool, configs: list[dict]) -> float:
+def time_pretrain_run(steps: int, quick: bool) -> float:
     """Seconds per step of one pretrain.py run (its loop only: setup is not timed)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        args = pretrain.build_arg_parser().parse_args(pretrain_argv(steps, quick, out_dir))
-        loop_args = pretrain.prepare_training(args)
-        configs.append(loop_args[0].raw.cfg)
+        args = pretrain_args(steps, quick, out_dir)
+        trainer, step, position, log_path = pretrain.prepare_training(args)
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is for figures
-            pretrain.train_loop(*loop_args)
+            pretrain.train_loop(trainer, args, step, position, log_path)
         return (time.perf_counter() - start) / steps
 
 
@@ -66,9 +67,8 @@ def main() -> None:
     setup(args)
     gpt2_fast.tune_malloc()  # pretrain.py's process-wide allocator setting, for both sides
 
-    configs: list[dict] = []
-    time_pretrain_run(2, args.quick, configs)  # warm-up: tokenised shards, first-call costs
-    cfg = configs[0]
+    time_pretrain_run(2, args.quick)  # warm-up: tokenised shards, first-call costs
+    cfg = pretrain.model_config(pretrain_args(steps, args.quick, ""))  # the model both sides train
     model = gpt2_fast.accelerate(random_gpt(cfg)).train()
     optimizer = make_optimizer(model)
     batch = tuple(torch.randint(0, cfg["vocab_size"], (4, cfg["context_length"])) for _ in range(2))
@@ -76,7 +76,7 @@ def main() -> None:
 
     run_times, step_times = [], []
     for _ in range(args.repeats):
-        run_times.append(time_pretrain_run(steps, args.quick, configs))
+        run_times.append(time_pretrain_run(steps, args.quick))
         start = time.perf_counter()
         for _ in range(steps):
             train_step(model, optimizer, ours_logits, batch)
