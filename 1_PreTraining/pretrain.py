@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,9 +139,14 @@ class TokenWindows:
         return windows[:, :-1], windows[:, 1:]
 
 
+@functools.lru_cache(maxsize=1)
 def epoch_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
-    """The order in which an epoch visits the windows: the same for every rank and every run."""
-    return np.random.default_rng([seed, epoch]).permutation(n_windows)
+    """The order in which an epoch visits the windows: the same for every rank and every run.
+    Kept between calls (read-only): shuffling FineWeb-Edu's ten million windows takes ~0.3 s,
+    and every step of the epoch asks for the same order."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_windows)
+    order.flags.writeable = False
+    return order
 
 
 @dataclass
@@ -223,6 +230,20 @@ def gpu_peak_flops(device: torch.device) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The gradients' global L2 norm; where it exceeds `max_norm` (0: never) every gradient is
+    scaled down so that the norm becomes `max_norm`. Unlike torch.nn.utils.clip_grad_norm_,
+    which multiplies every gradient on every step (by 1 when there is nothing to clip), the
+    pass over 124M gradients (~25 ms on two cores) runs only on the steps that clip."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if max_norm and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for grad in grads:
+            grad.mul_(scale)
+    return norm
+
+
 @dataclass
 class Trainer:
     """What a step needs: the model as trained (maybe compiled and DDP-wrapped), the plain
@@ -255,7 +276,7 @@ class Trainer:
                     loss = gpt2.calc_loss_batch(inputs, targets, self.model, device) / self.accum
                 loss.backward()
             total += loss.detach()
-        norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), grad_clip or float("inf"))
+        norm = clip_gradients(self.raw.parameters(), grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -593,18 +614,22 @@ def train_loop(trainer: Trainer, args: argparse.Namespace, step: int, position: 
 
 def evaluate_and_save(trainer: Trainer, args: argparse.Namespace, step: int,
                       position: DataPosition) -> dict:
-    """Validation loss and a sample (rank 0), and a checkpoint with every rank's RNG state."""
+    """Validation loss and a sample (rank 0), and a checkpoint with every rank's RNG state;
+    the seconds each took go into the log too."""
     rngs = rng_states(trainer.dist)  # a collective: every rank takes part
     if not trainer.dist.is_main:
         return {}
+    start = time.perf_counter()
     result = {"val_loss": trainer.val_loss(args.eval_batches),
               "sample": trainer.sample(args.prompt, args.sample_tokens)}
     if trainer.hellaswag_examples:
         scores = hellaswag.evaluate_hellaswag(trainer.raw, trainer.hellaswag_examples, progress=False)
         result.update(hellaswag_acc=scores["acc"], hellaswag_acc_norm=scores["acc_norm"])
+    saving = time.perf_counter()
     save_atomically(training_state(trainer, step, position, args, rngs),
                     args.out_dir / "checkpoint.pth")
-    return result
+    return {**result, "eval_seconds": saving - start,
+            "checkpoint_seconds": time.perf_counter() - saving}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,16 +3,18 @@
 Both sides train the same model (GPT-2 124M's shape, tied head, dropout 0.1, context 256) on
 batches of 4 windows in fp32 with the speed module's layers. The reference is bench/train.py's
 step: random tokens already in memory, forward, backward, fused AdamW. The other side is
-pretrain.py's own loop (`pretrain.train_loop`) for a whole short run on tiny Shakespeare:
-windows read from the memory-mapped shards, the learning-rate schedule, gradient clipping, the
-loss and gradient norm fetched for the log, the JSON log and progress bar, the checkpoint
-(model, optimizer, data position, RNG states) and the final model file, with --eval-every equal
-to --steps as in a run that evaluates every few hundred steps. That one evaluation is cut to
-one validation batch and one sampled token: it is extra work a learner asks for, not overhead.
+pretrain.py's own loop (`pretrain.train_loop`) for a whole run of 100 steps on tiny
+Shakespeare at the script's default cadence (--eval-every 100): windows read from the
+memory-mapped shards, the learning-rate schedule, the gradient norm and clipping, the loss and
+norm fetched for the log, the JSON log and progress bar, one checkpoint (model, optimizer,
+data position, RNG states), the final model file and the loss plot. The evaluation at the
+checkpoint (validation loss and a greedy sample, here cut to one batch and one token) is
+forward passes a learner asks for, not overhead: its seconds, which the log records, are
+taken out of the first ratio and left in the second.
 The two take turns (a run, then as many reference steps, ...), each run in a fresh folder.
 The issue's target: at most 3% more time per step than the reference.
 
-    python bench/pretrain.py               # 3 runs of 50 steps each side, ~25 min on 2 cores
+    python bench/pretrain.py               # 3 runs of 100 steps each side, ~45 min on 2 cores
     python bench/pretrain.py --quick       # seconds, tiny model
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ import gpt2_fast
 sys.path.insert(0, str(ROOT / "1_PreTraining"))
 import pretrain  # noqa: E402
 
-TARGETS = {"pretrain_step_vs_bench_step": -1.03}
+TARGETS = {"pretrain_step_vs_bench_step": -1.03}  # the other ratio is reported only
 
 
 def pretrain_args(steps: int, quick: bool, out_dir: str) -> argparse.Namespace:
@@ -46,20 +48,24 @@ def pretrain_args(steps: int, quick: bool, out_dir: str) -> argparse.Namespace:
          "--out-dir", out_dir])
 
 
-def time_pretrain_run(steps: int, quick: bool) -> float:
-    """Seconds per step of one pretrain.py run (its loop only: setup is not timed)."""
+def time_pretrain_run(steps: int, quick: bool) -> tuple[float, float]:
+    """Seconds per step of one pretrain.py run (its loop only: setup is not timed), without
+    and with the evaluation's time."""
     with tempfile.TemporaryDirectory() as out_dir:
         args = pretrain_args(steps, quick, out_dir)
         trainer, step, position, log_path = pretrain.prepare_training(args)
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is for figures
             pretrain.train_loop(trainer, args, step, position, log_path)
-        return (time.perf_counter() - start) / steps
+        seconds = time.perf_counter() - start
+        evaluation = sum(record.get("eval_seconds", 0.0) for record in pretrain.read_log(log_path))
+        return (seconds - evaluation) / steps, seconds / steps
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="steps per run of each side")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="steps per run of each side; a run evaluates and checkpoints once")
     args = parser.parse_args()
     if args.steps < 2 or args.repeats < 1:
         parser.error("--steps must be at least 2 and --repeats at least 1")
@@ -74,17 +80,21 @@ def main() -> None:
     batch = tuple(torch.randint(0, cfg["vocab_size"], (4, cfg["context_length"])) for _ in range(2))
     train_step(model, optimizer, ours_logits, batch)  # warm-up
 
-    run_times, step_times = [], []
+    run_times, with_evaluation, step_times = [], [], []
     for _ in range(args.repeats):
-        run_times.append(time_pretrain_run(steps, args.quick))
+        run, whole = time_pretrain_run(steps, args.quick)
+        run_times.append(run)
+        with_evaluation.append(whole)
         start = time.perf_counter()
         for _ in range(steps):
             train_step(model, optimizer, ours_logits, batch)
         step_times.append((time.perf_counter() - start) / steps)
     emit("pretrain_run_seconds_per_step", median=statistics.median(run_times), runs=run_times,
-         steps_per_run=steps)
+         with_evaluation=with_evaluation, steps_per_run=steps)
     emit("bench_train_step_seconds", median=statistics.median(step_times), runs=step_times)
-    emit_ratios({"pretrain_step_vs_bench_step": paired_speedup(step_times, run_times)}, TARGETS)
+    emit_ratios({"pretrain_step_vs_bench_step": paired_speedup(step_times, run_times),
+                 "pretrain_step_with_evaluation_vs_bench_step":
+                     paired_speedup(step_times, with_evaluation)}, TARGETS)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import gpt2
 import pretrain
@@ -152,6 +153,22 @@ def test_lr_at_warms_up_then_follows_a_cosine_to_the_minimum():
     assert pretrain.lr_at(85, peak, low, warmup, total) == pytest.approx(
         low + (peak - low) * (1 + math.cos(math.pi * 0.75)) / 2)
     assert pretrain.lr_at(total, peak, low, warmup, total) == pytest.approx(low)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0, 0.0])
+def test_clip_gradients_matches_torch_and_leaves_small_gradients_alone(max_norm):
+    torch.manual_seed(0)
+    grads = [torch.randn(30, 20), torch.randn(20), torch.randn(7, 3, 5)]
+    ours = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    norm = pretrain.clip_gradients(ours, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
+    assert torch.allclose(norm, expected, rtol=1e-6)
+    for a, b, g in zip(ours, theirs, grads):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.grad, g) == (max_norm == 0.0 or max_norm > norm)
 
 
 def test_windows_never_cross_a_shard_and_targets_are_shifted_by_one():
