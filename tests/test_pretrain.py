@@ -190,6 +190,8 @@ def test_loss_falls_and_the_outputs_load(tmp_path, corpus):
     assert [r["step"] for r in records] == list(range(1, 13))
     assert records[-1]["loss"] < records[0]["loss"] - 2
     assert records[-1]["val_loss"] < records[5]["val_loss"] and isinstance(records[-1]["sample"], str)
+    timed = [r for r in records if "eval_seconds" in r]
+    assert [r["step"] for r in timed] == [6, 12] and all(r["checkpoint_seconds"] > 0 for r in timed)
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir()} == {"checkpoint.pth", "model.pth", "log.jsonl", "loss.png"}
     model, _ = gpt2.load_checkpoint(out / "model.pth")
