@@ -3,6 +3,7 @@
 GPT2_QUICK=1 asks the chapters whose full run takes long to shrink it; the 0_Basics notebooks
 ignore it and run in full. The committed notebooks are not modified: they are executed in memory.
 """
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -44,3 +45,17 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path,
     client = NotebookClient(notebook, timeout=1200, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, with the failing cell, on any error
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_notebook_is_valid_ran_in_order_and_has_no_errors(path: Path) -> None:
+    """What a learner opens: every cell with an id (nbformat 4.5), code cells numbered in the
+    order they appear (one top-to-bottom run) and no error among the committed outputs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. MissingIDFieldWarning
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code if cell.execution_count is not None]
+    assert counts == list(range(1, len(counts) + 1)), "re-run the notebook top to bottom"
+    assert not [out for cell in code for out in cell.outputs if out.output_type == "error"]
