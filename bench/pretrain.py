@@ -11,7 +11,8 @@ data position, RNG states), the final model file and the loss plot. The evaluati
 checkpoint (validation loss and a greedy sample, here cut to one batch and one token) is
 forward passes a learner asks for, not overhead: its seconds, which the log records, are
 taken out of the first ratio and left in the second.
-The two take turns (a run, then as many reference steps, ...), each run in a fresh folder.
+The two take turns, each run in a fresh folder between two blocks of half as many reference
+steps, so that a machine that speeds up or slows down over minutes tilts neither side.
 The issue's target: at most 3% more time per step than the reference.
 
     python bench/pretrain.py               # 3 runs of 100 steps each side, ~45 min on 2 cores
@@ -80,15 +81,19 @@ def main() -> None:
     batch = tuple(torch.randint(0, cfg["vocab_size"], (4, cfg["context_length"])) for _ in range(2))
     train_step(model, optimizer, ours_logits, batch)  # warm-up
 
+    def reference_seconds(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step(model, optimizer, ours_logits, batch)
+        return time.perf_counter() - start
+
     run_times, with_evaluation, step_times = [], [], []
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # reference steps on both sides of each run: drift cancels
+        before = reference_seconds(steps // 2)
         run, whole = time_pretrain_run(steps, args.quick)
+        step_times.append((before + reference_seconds(steps - steps // 2)) / steps)
         run_times.append(run)
         with_evaluation.append(whole)
-        start = time.perf_counter()
-        for _ in range(steps):
-            train_step(model, optimizer, ours_logits, batch)
-        step_times.append((time.perf_counter() - start) / steps)
     emit("pretrain_run_seconds_per_step", median=statistics.median(run_times), runs=run_times,
          with_evaluation=with_evaluation, steps_per_run=steps)
     emit("bench_train_step_seconds", median=statistics.median(step_times), runs=step_times)
