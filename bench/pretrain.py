@@ -49,9 +49,10 @@ def pretrain_args(steps: int, quick: bool, out_dir: str) -> argparse.Namespace:
          "--out-dir", out_dir])
 
 
-def time_pretrain_run(steps: int, quick: bool) -> tuple[float, float]:
-    """Seconds per step of one pretrain.py run (its loop only: setup is not timed), without
-    and with the evaluation's time."""
+def time_pretrain_run(steps: int, quick: bool) -> tuple[float, float, float]:
+    """Seconds per step of one pretrain.py run (its loop only: setup is not timed): without
+    the evaluation's time, with it, and the steps alone (`Trainer.step` as the log times it,
+    so the rest of the first figure is checkpoints, logging, the final model and plot)."""
     with tempfile.TemporaryDirectory() as out_dir:
         args = pretrain_args(steps, quick, out_dir)
         trainer, step, position, log_path = pretrain.prepare_training(args)
@@ -59,8 +60,11 @@ def time_pretrain_run(steps: int, quick: bool) -> tuple[float, float]:
         with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is for figures
             pretrain.train_loop(trainer, args, step, position, log_path)
         seconds = time.perf_counter() - start
-        evaluation = sum(record.get("eval_seconds", 0.0) for record in pretrain.read_log(log_path))
-        return (seconds - evaluation) / steps, seconds / steps
+        records = pretrain.read_log(log_path)
+        evaluation = sum(record.get("eval_seconds", 0.0) for record in records)
+        tokens_per_step = args.batch_size * args.context
+        in_steps = sum(tokens_per_step / record["tokens_per_s"] for record in records)
+        return (seconds - evaluation) / steps, seconds / steps, in_steps / steps
 
 
 def main() -> None:
@@ -87,19 +91,22 @@ def main() -> None:
             train_step(model, optimizer, ours_logits, batch)
         return time.perf_counter() - start
 
-    run_times, with_evaluation, step_times = [], [], []
+    run_times, with_evaluation, in_steps, step_times = [], [], [], []
     for _ in range(args.repeats):  # reference steps on both sides of each run: drift cancels
         before = reference_seconds(steps // 2)
-        run, whole = time_pretrain_run(steps, args.quick)
+        run, whole, steps_alone = time_pretrain_run(steps, args.quick)
         step_times.append((before + reference_seconds(steps - steps // 2)) / steps)
         run_times.append(run)
         with_evaluation.append(whole)
+        in_steps.append(steps_alone)
     emit("pretrain_run_seconds_per_step", median=statistics.median(run_times), runs=run_times,
-         with_evaluation=with_evaluation, steps_per_run=steps)
+         with_evaluation=with_evaluation, steps_alone=in_steps, steps_per_run=steps)
     emit("bench_train_step_seconds", median=statistics.median(step_times), runs=step_times)
     emit_ratios({"pretrain_step_vs_bench_step": paired_speedup(step_times, run_times),
                  "pretrain_step_with_evaluation_vs_bench_step":
-                     paired_speedup(step_times, with_evaluation)}, TARGETS)
+                     paired_speedup(step_times, with_evaluation),
+                 "trainer_step_alone_vs_bench_step": paired_speedup(step_times, in_steps)},
+                TARGETS)
 
 
 if __name__ == "__main__":

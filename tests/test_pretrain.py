@@ -155,19 +155,22 @@ def test_lr_at_warms_up_then_follows_a_cosine_to_the_minimum():
     assert pretrain.lr_at(total, peak, low, warmup, total) == pytest.approx(low)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [0.5, 100.0, 0.0])
-def test_clip_gradients_matches_torch_and_leaves_small_gradients_alone(max_norm):
+def test_clipped_step_matches_clip_grad_norm_then_step(max_norm, fused):
     torch.manual_seed(0)
     grads = [torch.randn(30, 20), torch.randn(20), torch.randn(7, 3, 5)]
-    ours = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
-    theirs = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    ours = [torch.nn.Parameter(torch.randn_like(g)) for g in grads]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     for a, b, g in zip(ours, theirs, grads):
         a.grad, b.grad = g.clone(), g.clone()
-    norm = pretrain.clip_gradients(ours, max_norm)
+    norm = pretrain.clipped_step(torch.optim.AdamW(ours, lr=0.1, fused=fused), max_norm)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
+    torch.optim.AdamW(theirs, lr=0.1).step()
     assert torch.allclose(norm, expected, rtol=1e-6)
     for a, b, g in zip(ours, theirs, grads):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
         assert torch.equal(a.grad, g) == (max_norm == 0.0 or max_norm > norm)
 
 
