@@ -537,6 +537,7 @@ def load_windows(args: argparse.Namespace, folder: Path, world: int, accum: int
 
 
 def run(args: argparse.Namespace) -> None:
+    gpt2_fast.flush_subnormals()  # first: the threads torch starts later copy the setting
     gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     trainer, step, position, log_path = prepare_training(args)
     train_loop(trainer, args, step, position, log_path)

@@ -75,8 +75,9 @@ def main() -> None:
     if args.steps < 2 or args.repeats < 1:
         parser.error("--steps must be at least 2 and --repeats at least 1")
     steps = 4 if args.quick else args.steps
+    gpt2_fast.flush_subnormals()  # pretrain.py's process-wide settings, for both sides; this
+    gpt2_fast.tune_malloc()       # one before torch starts its threads (they copy it)
     setup(args)
-    gpt2_fast.tune_malloc()  # pretrain.py's process-wide allocator setting, for both sides
 
     time_pretrain_run(2, args.quick)  # warm-up: tokenised shards, first-call costs
     cfg = pretrain.model_config(pretrain_args(steps, args.quick, ""))  # the model both sides train

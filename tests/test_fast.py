@@ -4,15 +4,20 @@
 - `dropout`: NumPy-drawn masks with the right rate, scale and gradient;
 - the training attention: the chapter's formula, dropout on the weights;
 - `accelerate`: in place, the same state dict, the same logits and gradients as the plain model;
-- `for_generation`: the same tokens in fp32, close logits in bf16 and int8.
+- `for_generation`: the same tokens in fp32, close logits in bf16 and int8;
+- `flush_subnormals`: every thread torch starts after it treats subnormals as zero.
 """
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gpt2
 import gpt2_fast
-from conftest import ONEDNN_USABLE, with_backend
+from conftest import ONEDNN_USABLE, ROOT, with_backend
 
 needs_onednn = pytest.mark.skipif(not ONEDNN_USABLE, reason="this PyTorch has no oneDNN linear kernel")
 CFG = {**gpt2.GPT_CONFIG_124M, "vocab_size": 500, "context_length": 32, "emb_dim": 64,
@@ -231,3 +236,34 @@ def test_fast_copy_for_generation_matches_the_model(onednn):
     assert set(model.state_dict()) == keys and type(model.trf_blocks[0].att) is gpt2.MultiHeadAttention
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         gpt2_fast.for_generation(model, "fp8")
+
+
+FLUSH_CHECK = """
+import sys
+import numpy as np
+inputs = np.full((8, 128, 128), np.float32(1e-40))  # subnormal, made before any flush
+sys.path.insert(0, "1_PreTraining")
+import pretrain  # everything pretrain.py imports, before its run() flushes
+import torch
+from pretrain import gpt2_fast
+if sys.argv[1] == "flush":
+    gpt2_fast.flush_subnormals()
+torch.set_num_threads(2)
+a = torch.from_numpy(inputs)
+print(torch.bmm(a, torch.full_like(a, 1e30)).count_nonzero().item())
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the flush switch is an x86 register")
+def test_flush_subnormals_reaches_every_thread_torch_starts_after_it():
+    """pretrain.py flushes first thing in run(): importing its modules must not have started
+    torch's threads, and the threads started after the call must treat subnormals as zero
+    (without the call, 1e-40 x 1e30 x 128 is 1.3e-8 in every output)."""
+    def nonzero(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", FLUSH_CHECK, mode], cwd=ROOT, check=True,
+                              capture_output=True, text=True)
+        return int(done.stdout.split()[-1])
+
+    assert nonzero("plain") == 8 * 128 * 128
+    assert nonzero("flush") == 0
