@@ -107,7 +107,7 @@ def flush_subnormals() -> bool:
     scores far below the row's largest), and x86 cores multiply such inputs through a slow
     microcode path: a batched matmul with 1% of them takes ~3x as long, and GPT-2 124M's
     attention products took twice as long after 70 steps on tiny Shakespeare. Nothing a
-    training run learns lives below 1e-38 (bf16 flushes there too). The switch is a per-thread
+    training run learns lives below 1e-38. The switch is a per-thread
     CPU register that new threads copy from the thread that starts them, so call this before
     torch's first multi-threaded op: threads already running keep the old setting. It is
     process-wide, so only a script that owns its process calls it. Returns whether the CPU

@@ -1,7 +1,8 @@
 """What pretrain.py's loop costs beyond bench/train.py's bare step, per step, over whole runs.
 
 Both sides train the same model (GPT-2 124M's shape, tied head, dropout 0.1, context 256) on
-batches of 4 windows in fp32 with the speed module's layers. The reference is bench/train.py's
+batches of 4 windows in fp32 with the speed module's layers, in a process with pretrain.py's
+settings (glibc's allocator thresholds, subnormals read as zero). The reference is bench/train.py's
 step: random tokens already in memory, forward, backward, fused AdamW. The other side is
 pretrain.py's own loop (`pretrain.train_loop`) for a whole run of 100 steps on tiny
 Shakespeare at the script's default cadence (--eval-every 100): windows read from the
