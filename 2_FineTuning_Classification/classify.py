@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import gpt2
+import spam
 from finetune_classifier import DEFAULT_OUT
 
 
@@ -41,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
         device = gpt2.get_device(args.device)
-        model, max_length = gpt2.load_classifier(args.model, device)
+        model, max_length = spam.load_classifier(args.model, device)
         tokenizer = gpt2.get_tokenizer()
         for message in read_messages(args):
-            spam = gpt2.spam_probability(message, model, tokenizer, device, max_length)
-            label = int(spam > 0.5)
-            print(f"{gpt2.CLASS_NAMES[label]}\t{max(spam, 1 - spam):.3f}\t{message}")
+            probability = spam.spam_probability(message, model, tokenizer, device, max_length)
+            label = int(probability > 0.5)
+            print(f"{spam.CLASS_NAMES[label]}\t{max(probability, 1 - probability):.3f}\t{message}")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

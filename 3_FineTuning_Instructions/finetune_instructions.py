@@ -9,6 +9,10 @@ reference responses) and, with --judge, with a judge model served by Ollama.
     python finetune_instructions.py --init ../data/course-model/model.pth
     python finetune_instructions.py --init random --format chat --mask-instructions
 
+The base model is --init, by default $GPT2_BASE_MODEL or else the book's openai-355M. Training
+is gpt2.train_model_simple, as in the book; the answers are generated as the book does (the
+model as trained, greedy, up to 256 new tokens, stopping at <|endoftext|>).
+
 Writes to --out-dir: model.pth, instruction-data-with-response.json, evaluation.csv (one row
 per test entry), summary.json (the averages and minutes) and loss.png.
 """
@@ -21,65 +25,28 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import gpt2
 import gpt2_fast
 import gpt_download
+import instruct
 import ollama_judge
 
 HERE = Path(__file__).resolve().parent
 
 
-def load_instruction_data(tokenizer, context_length: int, prompt_format: str
-                          ) -> tuple[list, list, list]:
-    """The book's instruction data as (train, test, validation), without the entries the
-    model cannot use; each of those is reported."""
-    with open(gpt_download.fetch_data("instruction-data.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    data, skipped = gpt2.filter_instruction_data(data, tokenizer, context_length, prompt_format)
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
-    return gpt2.split_instruction_data(data)
-
-
-def train(model: gpt2.GPTModel, train_loader, val_loader, optimizer, device, num_epochs: int,
-          eval_freq: int = 25, eval_iter: int = 5) -> dict[str, list]:
-    """Next-token training with a progress bar; every `eval_freq` steps the train and
-    validation losses (over `eval_iter` batches) are recorded, with the tokens seen so far."""
-    history = {"epoch": [], "tokens_seen": [], "train_loss": [], "val_loss": []}
-    tokens_seen, steps_per_epoch = 0, len(train_loader)
-    bar = tqdm(total=num_epochs * steps_per_epoch, desc="fine-tuning", unit="step")
-    for epoch in range(num_epochs):
-        model.train()
-        for i, (inputs, targets) in enumerate(train_loader):
-            optimizer.zero_grad()
-            loss = gpt2.calc_loss_batch(inputs, targets, model, device)
-            loss.backward()
-            optimizer.step()
-            tokens_seen += inputs.numel()
-            bar.update()
-            if bar.n % eval_freq == 0 or bar.n == bar.total:
-                train_loss, val_loss = gpt2.evaluate_model(model, train_loader, val_loader,
-                                                           device, eval_iter)
-                for key, value in (("epoch", epoch + (i + 1) / steps_per_epoch),
-                                   ("tokens_seen", tokens_seen), ("train_loss", train_loss),
-                                   ("val_loss", val_loss)):
-                    history[key].append(value)
-                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-    bar.close()
-    return history
-
-
 def evaluate(model: gpt2.GPTModel, test_data: list[dict], tokenizer, device,
              prompt_format: str, max_new_tokens: int = 256, dtype: str = "fp32"):
-    """Answer every test entry (generating in `dtype`) and score the answers:
-    (entries with "model_response", table)."""
-    fast = gpt2_fast.for_generation(model, dtype)
-    responses = gpt2.generate_responses(fast, test_data, tokenizer, max_new_tokens, prompt_format)
-    losses = gpt2.response_losses(model, test_data, tokenizer, device, prompt_format)
+    """Answer every test entry and score the answers: (entries with "model_response", table).
+
+    fp32 answers with the model as trained, as the book does; bf16 and int8 with a faster copy.
+    """
+    generator = model if dtype == "fp32" else gpt2_fast.for_generation(model, dtype)
+    responses = instruct.generate_responses(generator, test_data, tokenizer, max_new_tokens,
+                                            prompt_format)
+    losses = instruct.response_losses(model, test_data, tokenizer, device, prompt_format)
     with_responses = [{**entry, "model_response": r} for entry, r in zip(test_data, responses)]
-    return with_responses, gpt2.evaluation_table(test_data, responses, losses)
+    return with_responses, instruct.evaluation_table(test_data, responses, losses)
 
 
 def summarize(table, history: dict, minutes: float, judge_scores: list[int] | None) -> dict:
@@ -107,11 +74,13 @@ def run(args: argparse.Namespace) -> dict:
     device = gpt2.get_device(args.device)
     torch.manual_seed(args.seed)  # the draw of --init random
     model = gpt2.load_base_model(args.init, device)
-    tokenizer = gpt2.get_prompt_format(args.format).tokenizer()
+    fmt = instruct.get_prompt_format(args.format)
+    tokenizer = fmt.tokenizer()
     if args.format == "chat":
-        gpt2.resize_token_embeddings(model, tokenizer.n_vocab)
+        instruct.resize_token_embeddings(model, tokenizer.n_vocab)
     context = model.cfg["context_length"]
-    train_data, test_data, val_data = load_instruction_data(tokenizer, context, args.format)
+    train_data, test_data, val_data = instruct.load_instruction_data(tokenizer, context,
+                                                                     args.format)
     if args.quick:
         args.train_entries, args.test_entries, args.val_entries = 40, 3, 8
     train_data, test_data = train_data[:args.train_entries], test_data[:args.test_entries]
@@ -122,14 +91,18 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     loader_args = dict(prompt_format=args.format, mask_instructions=args.mask_instructions,
                        allowed_max_length=context, device=device)
-    train_loader = gpt2.create_instruction_dataloader(train_data, tokenizer, args.batch_size,
-                                                      **loader_args)
-    val_loader = gpt2.create_instruction_dataloader(val_data, tokenizer, args.batch_size,
-                                                    shuffle=False, drop_last=False, **loader_args)
+    train_loader = instruct.create_instruction_dataloader(train_data, tokenizer, args.batch_size,
+                                                          **loader_args)
+    val_loader = instruct.create_instruction_dataloader(val_data, tokenizer, args.batch_size,
+                                                        shuffle=False, drop_last=False,
+                                                        **loader_args)
     gpt2_fast.accelerate(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-    history = train(model, train_loader, val_loader, optimizer, device, args.epochs,
-                    eval_freq=args.eval_freq)
+    train_losses, val_losses, tokens_seen = gpt2.train_model_simple(
+        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq,
+        eval_iter=5, start_context=fmt.prompt(val_data[0]), tokenizer=tokenizer, progress=True)
+    history = {"epoch": torch.linspace(0, args.epochs, len(train_losses)).tolist(),
+               "tokens_seen": tokens_seen, "train_loss": train_losses, "val_loss": val_losses}
     train_minutes = (time.perf_counter() - start) / 60
 
     with_responses, table = evaluate(model, test_data, tokenizer, device, args.format,
@@ -164,7 +137,7 @@ def write_outputs(out_dir: Path, model, with_responses, table, history, summary)
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--init", default="openai-355M",
+    p.add_argument("--init", default=gpt2.base_model_setting("openai-355M"),
                    help="openai-355M (the book's), openai-124M (for small machines), a .pth "
                         f"checkpoint such as {gpt_download.COURSE_CHECKPOINT}, or random")
     p.add_argument("--epochs", type=int, default=2)
@@ -172,19 +145,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mask-instructions", action="store_true",
                    help="count only the response tokens in the loss")
-    p.add_argument("--format", choices=gpt2.PROMPT_FORMATS, default="alpaca",
+    p.add_argument("--format", choices=instruct.PROMPT_FORMATS, default="alpaca",
                    help="prompt style: the book's Alpaca, or chat turns with <|im_start|> and "
                         "<|im_end|> (the model grows two token rows)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--eval-freq", type=int, default=25, help="steps between loss evaluations")
-    p.add_argument("--max-new-tokens", type=int, default=100,
-                   help="longest answer generated (the longest reference answer has 56 tokens; "
-                        "the book allows 256)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="longest answer generated, as in the book (the longest reference answer "
+                        "has 56 tokens)")
     p.add_argument("--judge", metavar="MODEL",
                    help="also score the answers with this Ollama model, e.g. llama3")
     p.add_argument("--ollama-url", default=ollama_judge.DEFAULT_URL)
-    p.add_argument("--dtype", choices=gpt2.GENERATION_DTYPES, default="fp32",
-                   help="number format the answers are generated in (int8 is ~3x faster on a CPU)")
+    p.add_argument("--dtype", choices=gpt2_fast.GENERATION_DTYPES, default="fp32",
+                   help="number format the answers are generated in: fp32 is the model as "
+                        "trained, as in the book; int8 is ~3x faster on a CPU")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch (default: its own choice); on a busy shared "
@@ -218,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     try:
         summary = run(args)
-    except (gpt_download.DownloadError, FileNotFoundError, ValueError) as err:
+    except (gpt_download.DownloadError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps(summary, indent=2))
     print(f"outputs in {args.out_dir}")
     return 0

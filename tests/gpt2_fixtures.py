@@ -23,8 +23,8 @@ BPE_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/encodings/main"
 
 def bpe_dir() -> Path:
     """A folder holding GPT-2's verified encoder.json and vocab.bpe (found or downloaded)."""
-    import gpt2
-    return gpt2._find_bpe_files(None)
+    import gpt_download
+    return gpt_download.find_bpe_files(None)
 
 
 def process_memory_mb(field: str) -> float:
@@ -183,3 +183,16 @@ class MirrorServer:
                 self.wfile.write(body[start:])
 
         return Handler
+
+
+def run_gpt2_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python gpt2.py ARGS`, run in this process as the script
+    runs it: generating with gpt2_fast's copy of the model."""
+    import gpt2
+    import gpt2_fast
+    try:
+        code = gpt2.main(list(args), gpt2_fast.for_generation, gpt2_fast.GENERATION_DTYPES)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

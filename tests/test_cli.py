@@ -1,4 +1,5 @@
-"""`python gpt2.py` as a learner runs it: a subprocess, its output and its exit code."""
+"""`python gpt2.py`: its output and exit codes, run in-process through `main(argv)`, plus one
+real `python gpt2.py` subprocess to show that the script itself works."""
 import re
 import subprocess
 import sys
@@ -8,19 +9,10 @@ import pytest
 import torch
 
 import gpt2
-from gpt2_fixtures import write_tiny_checkpoint
+from gpt2_fixtures import run_gpt2_cli, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {**gpt2.GPT_CONFIG_124M, "context_length": 32, "emb_dim": 32, "n_heads": 4, "n_layers": 2}
-
-
-def run(*args: str, env_mirror: str | None = None) -> subprocess.CompletedProcess:
-    import os
-    env = {k: v for k, v in os.environ.items() if k != "GPT2_MIRROR"}
-    if env_mirror is not None:
-        env["GPT2_MIRROR"] = env_mirror
-    return subprocess.run([sys.executable, str(ROOT / "gpt2.py"), *args], capture_output=True,
-                          text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -37,54 +29,56 @@ def greedy_text(checkpoint: Path, prompt: str, new_tokens: int) -> str:
     return gpt2.token_ids_to_text(out, tokenizer)
 
 
-@pytest.mark.parametrize("dtype", [None, "fp32"])
-def test_checkpoint_generates_the_librarys_greedy_text(tiny_checkpoint, dtype):
-    dtype_args = ("--dtype", dtype) if dtype else ()
-    result = run("--checkpoint", str(tiny_checkpoint), "--prompt", "Every effort moves you",
-                 "--max-new-tokens", "12", "--temperature", "0", *dtype_args)
+def test_the_script_generates_the_librarys_greedy_text(tiny_checkpoint):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "gpt2.py"), "--checkpoint", str(tiny_checkpoint),
+         "--prompt", "Every effort moves you", "--max-new-tokens", "12", "--temperature", "0"],
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == greedy_text(tiny_checkpoint, "Every effort moves you", 12) + "\n"
 
 
-def test_stream_prints_the_same_text_as_a_batch_run(tiny_checkpoint):
+def test_stream_prints_the_same_text_as_a_batch_run(tiny_checkpoint, capsys):
     common = ("--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "10", "--seed", "7")
-    streamed, whole = run(*common, "--stream", "--verbose"), run(*common)
-    assert streamed.returncode == whole.returncode == 0, streamed.stderr + whole.stderr
-    assert streamed.stdout == whole.stdout and streamed.stdout.startswith("Every effort moves you")
+    streamed = run_gpt2_cli(capsys, *common, "--stream", "--verbose")
+    whole = run_gpt2_cli(capsys, *common)
+    assert streamed[0] == whole[0] == 0, streamed[2] + whole[2]
+    assert streamed[1] == whole[1] and streamed[1].startswith("Every effort moves you")
     n_parameters = gpt2.count_parameters(gpt2.load_checkpoint(tiny_checkpoint)[0])
     assert re.search(rf"\[10 tokens in [\d.]+ s: [\d.]+ tokens/s on cpu in fp32, "
-                     rf"{n_parameters:,} parameters\]", streamed.stderr), streamed.stderr
-    assert whole.stderr == ""  # only --verbose reports
+                     rf"{n_parameters:,} parameters\]", streamed[2]), streamed[2]
+    assert whole[2] == ""  # only --verbose reports
 
 
-def test_empty_prompt_starts_from_endoftext(tiny_checkpoint):
-    result = run("--checkpoint", str(tiny_checkpoint), "--prompt", "", "--max-new-tokens", "5",
-                 "--temperature", "0")
-    assert result.returncode == 0, result.stderr
-    expected = greedy_text(tiny_checkpoint, "<|endoftext|>", 5)[len("<|endoftext|>"):]
-    assert result.stdout == expected + "\n"
+def test_sampling_depends_on_the_seed(tiny_checkpoint, capsys):
+    common = ("--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "20", "--top-k", "0")
+    texts = {run_gpt2_cli(capsys, *common, "--seed", str(seed))[1] for seed in (1, 2, 1)}
+    assert len(texts) == 2  # seeds 1 and 1 agree, seed 2 differs
 
 
-def test_a_prompt_longer_than_the_context_is_cut_with_a_note(tiny_checkpoint):
-    result = run("--checkpoint", str(tiny_checkpoint), "--prompt", "word" + " word" * 39,
-                 "--max-new-tokens", "3")
-    assert result.returncode == 0, result.stderr
-    assert "the prompt has 40 tokens; the model reads only the last 32" in result.stderr
+def test_empty_prompt_starts_from_endoftext(tiny_checkpoint, capsys):
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--prompt", "",
+                                  "--max-new-tokens", "5", "--temperature", "0")
+    assert code == 0, err
+    assert out == greedy_text(tiny_checkpoint, "<|endoftext|>", 5)[len("<|endoftext|>"):] + "\n"
 
 
-def test_unknown_model_size_exits_2_listing_valid_sizes():
-    result = run("--model-size", "7B")
-    assert result.returncode == 2
-    assert all(size in result.stderr for size in ("124M", "355M", "774M", "1558M"))
+def test_a_prompt_longer_than_the_context_is_cut_with_a_note(tiny_checkpoint, capsys):
+    code, _, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--prompt",
+                                "word" + " word" * 39, "--max-new-tokens", "3")
+    assert code == 0, err
+    assert "the prompt has 40 tokens; the model reads only the last 32" in err
 
 
-def test_no_network_no_files_explains_instead_of_a_traceback(tmp_path):
-    result = run("--models-dir", str(tmp_path), env_mirror="http://127.0.0.1:9")
-    assert result.returncode == 1
-    assert "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/" in result.stderr
-    assert "GPT2_MIRROR" in result.stderr and str(tmp_path) in result.stderr
-    assert "1_PreTraining/pretrain.py" in result.stderr and "--checkpoint" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_no_network_no_files_explains_instead_of_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GPT2_MIRROR", "http://127.0.0.1:9")  # nothing listens on port 9
+    code, _, err = run_gpt2_cli(capsys, "--models-dir", str(tmp_path))
+    assert code == 2
+    assert "OpenAI's GPT-2 124M could not be fetched" in err
+    assert "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/" in err
+    assert "GPT2_MIRROR" in err and "python 1_PreTraining/pretrain.py" in err
+    assert "data/course-model/model.pth" in err and "shared/mirror" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -96,31 +90,33 @@ def test_no_network_no_files_explains_instead_of_a_traceback(tmp_path):
     (("--device", "tpu"), "unknown device 'tpu'"),
 ] + ([] if torch.backends.mps.is_available() else [(("--device", "mps"), "has no mps device")])
   + ([] if torch.cuda.is_available() else [(("--device", "cuda"), "has no cuda device")]))
-def test_bad_input_gets_a_message(args, message, tiny_checkpoint):
-    result = run("--checkpoint", str(tiny_checkpoint), *args)
-    assert result.returncode == 1 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
+def test_bad_input_gets_one_line_and_exit_2(args, message, tiny_checkpoint, capsys):
+    code, _, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), *args)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "weights_only=False" not in err
 
 
-def test_a_negative_token_count_is_refused(tiny_checkpoint):
-    result = run("--checkpoint", str(tiny_checkpoint), "--max-new-tokens", "-3")
-    assert result.returncode == 2 and "--max-new-tokens must be at least 1" in result.stderr
-
-
-def test_help_documents_every_flag():
-    result = run("--help")
-    assert result.returncode == 0
-    for flag in ("--prompt", "--model-size", "--checkpoint", "--max-new-tokens", "--temperature",
-                 "--top-k", "--top-p", "--seed", "--device", "--models-dir", "--stream", "--dtype",
-                 "--verbose"):
-        assert flag in result.stdout
+@pytest.mark.parametrize("args, message", [
+    (("--max-new-tokens", "-3"), "--max-new-tokens must be at least 1"),
+    (("--instruction", "Hi", "--stream"), "drop --stream"),
+])
+def test_contradictory_flags_are_refused(args, message, tiny_checkpoint, capsys):
+    code, _, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), *args)
+    assert code == 2 and message in err
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
-def test_smaller_number_formats_generate(dtype, tiny_checkpoint):
-    result = run("--checkpoint", str(tiny_checkpoint), "--dtype", dtype, "--max-new-tokens", "8",
-                 "--verbose")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Every effort moves you")
-    assert len(result.stdout) > len("Every effort moves you\n")
-    assert re.search(rf"\[8 tokens in .* tokens/s on cpu in {dtype}, ", result.stderr), result.stderr
+def test_smaller_number_formats_generate(dtype, tiny_checkpoint, capsys):
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--dtype", dtype,
+                                  "--max-new-tokens", "8", "--verbose")
+    assert code == 0, err
+    assert out.startswith("Every effort moves you") and len(out) > len("Every effort moves you\n")
+    assert re.search(rf"\[8 tokens in .* tokens/s on cpu in {dtype}, ", err), err
+
+
+def test_the_library_never_imports_the_speed_module():
+    """gpt2_fast builds on gpt2; only `python gpt2.py`, the script, imports it."""
+    code = "import sys, gpt2; print('gpt2_fast' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

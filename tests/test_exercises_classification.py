@@ -7,6 +7,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 import gpt2
+import spam
 from exercises import classification as ex
 
 
@@ -16,10 +17,10 @@ def test_full_context_dataset(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     pd.DataFrame({"Text": ["Free prize! Call now", "see you at 5"], "Label": [1, 0]}).to_csv(path, index=False)
     tokenizer = gpt2.get_tokenizer()
-    assert ex.check_full_context_dataset(gpt2.SpamDataset(path, tokenizer, max_length=40), 40)
+    assert ex.check_full_context_dataset(spam.SpamDataset(path, tokenizer, max_length=40), 40)
     assert not ex.check_full_context_dataset(None, 40)
-    assert not ex.check_full_context_dataset(gpt2.SpamDataset(path, tokenizer), 40)  # longest only
-    assert not ex.check_full_context_dataset(gpt2.SpamDataset(path, tokenizer, 40, pad_token_id=0), 40)
+    assert not ex.check_full_context_dataset(spam.SpamDataset(path, tokenizer), 40)  # longest only
+    assert not ex.check_full_context_dataset(spam.SpamDataset(path, tokenizer, 40, pad_token_id=0), 40)
 
 
 def unfreeze_last_blocks(model: gpt2.GPTModel, n: int) -> gpt2.GPTModel:
@@ -56,7 +57,7 @@ def test_first_token_loss() -> None:
 
     assert ex.check_first_token_loss(first)
     assert not ex.check_first_token_loss(None)
-    assert not ex.check_first_token_loss(gpt2.calc_loss_batch_classifier)  # the last token
+    assert not ex.check_first_token_loss(spam.calc_loss_batch_classifier)  # the last token
     assert not ex.check_first_token_loss(
         lambda x, y, model, device: F.cross_entropy(model(x)[:, 0, :], y, reduction="none"))
 

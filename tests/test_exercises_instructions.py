@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import gpt2
+import instruct
 from exercises.instructions import (check_adamw_memory_gb, check_lora, check_masked_collate,
                                     check_phi3_format, check_rouge_l)
 
@@ -39,7 +40,7 @@ def test_masked_collate() -> None:
 
     assert check_masked_collate(right)
     assert not check_masked_collate(None)
-    assert not check_masked_collate(lambda batch: gpt2.custom_collate_fn([i for _, i in batch]))
+    assert not check_masked_collate(lambda batch: instruct.custom_collate_fn([i for _, i in batch]))
 
 
 class RightLoRA(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn as nn
 import gpt2
 from gpt2_fixtures import write_tiny_checkpoint
 from hellaswag import (MalformedExampleError, encode_example, ending_losses, evaluate_hellaswag,
-                       load_examples, pad_rows)
+                       load_examples, load_hellaswag, pad_rows)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "1_PreTraining" / "hellaswag.py"
@@ -195,10 +195,12 @@ def test_cli_scores_a_checkpoint_and_prints_both_accuracies(tmp_path, tiny_check
                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "6 examples" in result.stdout
+    model = gpt2.load_checkpoint(tiny_checkpoint)[0].eval()
+    expected = evaluate_hellaswag(model, load_hellaswag(data, 6), progress=False)
     lines = result.stdout.splitlines()
-    for key in ("acc", "acc_norm"):
+    for key in ("acc", "acc_norm"):  # the script prints what the library computes
         share = next(line for line in lines if line.startswith(key + " ")).split()[1]
-        assert share.endswith("%") and 0 <= float(share[:-1]) <= 100
+        assert share == f"{expected[key]:.1%}".rjust(6).strip()
     assert "random guessing 25.0%" in result.stdout and "29.5% acc_norm" in result.stdout
 
 
@@ -210,17 +212,20 @@ def test_cli_malformed_line_exits_2_with_the_line_number(tmp_path, tiny_checkpoi
     assert "Traceback" not in result.stderr
 
 
-def test_cli_missing_file_without_network_says_where_to_put_it(tmp_path):
+def test_cli_missing_file_without_network_says_where_to_put_it(tmp_path, tiny_checkpoint):
     missing = tmp_path / "hellaswag_val.jsonl"
-    result = run("--data", str(missing), mirror=str(tmp_path / "empty-mirror"))
-    assert result.returncode == 1
+    result = run("--checkpoint", str(tiny_checkpoint), "--data", str(missing),
+                 mirror=str(tmp_path / "empty-mirror"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "rowanz/hellaswag/master/data/hellaswag_val.jsonl" in result.stderr
     assert "GPT2_MIRROR" in result.stderr and str(missing) in result.stderr
     assert "Traceback" not in result.stderr and not missing.exists()
 
 
-def test_cli_unknown_model_size_exits_2_listing_valid_sizes():
-    result = run("--model-size", "7B")
-    assert result.returncode == 2
-    assert all(size in result.stderr for size in ("124M", "355M", "774M", "1558M"))
-    assert "Traceback" not in result.stderr
+def test_cli_without_openais_weights_names_them_and_the_way_on(tmp_path):
+    """The README's command, offline with no weights: one line naming the weights, exit 2."""
+    result = run("--model-size", "124M", "--models-dir", str(tmp_path),
+                 mirror=str(tmp_path / "empty-mirror"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "OpenAI's GPT-2 124M could not be fetched" in result.stderr
+    assert "python 1_PreTraining/pretrain.py" in result.stderr and "Traceback" not in result.stderr

@@ -3,9 +3,6 @@
 The HF models are random (no download): transformers' own initialisation, shaken up so the
 biases are not zero and the logits not flat, which would hide a misplaced weight.
 """
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +10,8 @@ import torch
 import transformers
 
 import gpt2
-from gpt2_fixtures import hf_gpt2_config, tiny_hparams
+from gpt2_fixtures import hf_gpt2_config, run_gpt2_cli, tiny_hparams
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "4-heads": tiny_hparams(n_vocab=1000, n_ctx=64, n_embd=64, n_head=4, n_layer=2),
     "12-heads": tiny_hparams(n_vocab=3000, n_ctx=128, n_embd=96, n_head=12, n_layer=3),
@@ -97,30 +93,24 @@ def test_untied_head_and_foreign_keys_are_refused() -> None:
         gpt2.load_weights_from_hf(our_model(CONFIGS["4-heads"]), state)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "gpt2.py"), *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def test_cli_generates_from_a_save_pretrained_folder(tmp_path: Path) -> None:
+def test_cli_generates_from_a_save_pretrained_folder(tmp_path: Path, capsys) -> None:
     hparams = CONFIGS["4-heads"]
     hparams = {**hparams, "n_vocab": 50257}  # the CLI encodes with GPT-2's tokenizer
     theirs = random_hf_model(hparams)
     theirs.save_pretrained(tmp_path / "hf")
-    result = run_cli("--hf-model", str(tmp_path / "hf"), "--max-new-tokens", "10",
-                     "--temperature", "0", "--verbose")
-    assert result.returncode == 0, result.stderr
+    code, out, err = run_gpt2_cli(capsys, "--hf-model", str(tmp_path / "hf"),
+                                  "--max-new-tokens", "10", "--temperature", "0", "--verbose")
+    assert code == 0, err
     prompt = gpt2.text_to_token_ids("Every effort moves you", gpt2.get_tokenizer())
     with torch.no_grad():
         expected = theirs.generate(prompt, max_new_tokens=10, min_new_tokens=10,
                                    do_sample=False, pad_token_id=0)
-    assert result.stdout.rstrip("\n") == gpt2.token_ids_to_text(expected, gpt2.get_tokenizer())
+    assert out.rstrip("\n") == gpt2.token_ids_to_text(expected, gpt2.get_tokenizer())
     n_parameters = sum(p.numel() for p in theirs.parameters())  # the tied head counted once
-    assert f"{n_parameters:,} parameters" in result.stderr
+    assert f"{n_parameters:,} parameters" in err
 
 
-def test_cli_missing_model_fails_cleanly(tmp_path: Path) -> None:
-    result = run_cli("--hf-model", str(tmp_path / "missing"))
-    assert result.returncode == 1
-    assert "transformers could not load" in result.stderr and "missing" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_cli_missing_model_fails_cleanly(tmp_path: Path, capsys) -> None:
+    code, _, err = run_gpt2_cli(capsys, "--hf-model", str(tmp_path / "missing"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "transformers could not load" in err and "missing" in err

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import gpt2
+import instruct
 import ollama_judge
-from gpt2_fixtures import write_tiny_checkpoint
+from gpt2_fixtures import run_gpt2_cli, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {**gpt2.GPT_CONFIG_124M, "context_length": 128, "emb_dim": 32, "n_heads": 4, "n_layers": 2}
@@ -28,7 +29,7 @@ PAD = 50256
 def test_format_input_without_input() -> None:
     entry = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
     assert gpt2.format_input(entry) == f"{PREAMBLE}\n\n### Instruction:\nName a colour."
-    assert gpt2.format_response(entry) == "\n\n### Response:\nBlue."
+    assert instruct.format_response(entry) == "\n\n### Response:\nBlue."
 
 
 def test_format_input_with_input() -> None:
@@ -39,19 +40,19 @@ def test_format_input_with_input() -> None:
 
 def test_chat_format() -> None:
     entry = {"instruction": "Translate to French.", "input": "cat", "output": "chat"}
-    assert gpt2.format_chat_input(entry) == ("<|im_start|>user\nTranslate to French.\n\ncat"
-                                             "<|im_end|>\n<|im_start|>assistant\n")
-    assert gpt2.format_chat_response(entry) == "chat<|im_end|>"
+    assert instruct.format_chat_input(entry) == ("<|im_start|>user\nTranslate to French.\n\ncat"
+                                                 "<|im_end|>\n<|im_start|>assistant\n")
+    assert instruct.format_chat_response(entry) == "chat<|im_end|>"
 
 
 def test_missing_key_names_the_key() -> None:
     with pytest.raises(ValueError, match="no 'output'.*'instruction'"):
-        gpt2.format_response({"instruction": "Say hi.", "input": ""})
+        instruct.format_response({"instruction": "Say hi.", "input": ""})
 
 
 def test_split_is_85_10_5_in_file_order() -> None:
     data = list(range(1100))
-    train, test, val = gpt2.split_instruction_data(data)
+    train, test, val = instruct.split_instruction_data(data)
     assert (len(train), len(test), len(val)) == (935, 110, 55)
     assert train + test + val == data
 
@@ -60,7 +61,7 @@ def test_filter_reports_what_it_skips() -> None:
     tokenizer = gpt2.get_tokenizer()
     short = {"instruction": "Hi.", "input": "", "output": "Hello."}
     long = {"instruction": "Hi.", "input": "", "output": "word " * 200}
-    kept, skipped = gpt2.filter_instruction_data([short, {"input": ""}, long], tokenizer, 128)
+    kept, skipped = instruct.filter_instruction_data([short, {"input": ""}, long], tokenizer, 128)
     assert kept == [short]
     assert skipped[0].startswith("entry 1:") and "'instruction'" in skipped[0]
     assert skipped[1].startswith("entry 2:") and "context of 128" in skipped[1]
@@ -73,8 +74,8 @@ def test_dataset_holds_prompt_then_response() -> None:
     entry = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
     prompt = tokenizer.encode(gpt2.format_input(entry))
     response = tokenizer.encode("\n\n### Response:\nBlue.")
-    assert gpt2.InstructionDataset([entry], tokenizer)[0] == prompt + response
-    assert gpt2.InstructionDataset([entry], tokenizer, with_prompt_lengths=True)[0] == \
+    assert instruct.InstructionDataset([entry], tokenizer)[0] == prompt + response
+    assert instruct.InstructionDataset([entry], tokenizer, with_prompt_lengths=True)[0] == \
         (len(prompt), prompt + response)
 
 
@@ -82,7 +83,7 @@ BATCH = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]
 
 
 def test_collate_pads_shifts_and_masks() -> None:
-    inputs, targets = gpt2.custom_collate_fn(BATCH)
+    inputs, targets = instruct.custom_collate_fn(BATCH)
     assert torch.equal(inputs, torch.tensor([[0, 1, 2, 3, 4],
                                              [5, 6, PAD, PAD, PAD],
                                              [7, 8, 9, PAD, PAD]]))
@@ -92,15 +93,15 @@ def test_collate_pads_shifts_and_masks() -> None:
 
 
 def test_collate_truncates() -> None:
-    inputs, targets = gpt2.custom_collate_fn(BATCH, allowed_max_length=3)
+    inputs, targets = instruct.custom_collate_fn(BATCH, allowed_max_length=3)
     assert torch.equal(inputs, torch.tensor([[0, 1, 2], [5, 6, PAD], [7, 8, 9]]))
     assert torch.equal(targets, torch.tensor([[1, 2, 3], [6, PAD, IGNORE], [8, 9, PAD]]))
 
 
 def test_collate_masks_the_instructions() -> None:
     batch = [(2, BATCH[0]), (1, BATCH[1]), (3, BATCH[2])]  # (prompt length, token ids)
-    inputs, targets = gpt2.custom_collate_fn_masked(batch)
-    assert torch.equal(inputs, gpt2.custom_collate_fn(BATCH)[0])
+    inputs, targets = instruct.custom_collate_fn_masked(batch)
+    assert torch.equal(inputs, instruct.custom_collate_fn(BATCH)[0])
     assert torch.equal(targets, torch.tensor([[IGNORE, 2, 3, 4, PAD],
                                               [6, PAD, IGNORE, IGNORE, IGNORE],
                                               [IGNORE, IGNORE, PAD, IGNORE, IGNORE]]))
@@ -111,9 +112,9 @@ def test_collate_masks_the_instructions() -> None:
 def test_extract_response() -> None:
     prompt = f"{PREAMBLE}\n\n### Instruction:\nName a colour."
     generated = prompt + "\n\n### Response:\nBlue.<|endoftext|><|endoftext|>"
-    assert gpt2.extract_response(generated, prompt) == "Blue."
+    assert instruct.extract_response(generated, prompt) == "Blue."
     chat = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    assert gpt2.extract_response(chat + " Hello! <|im_end|>junk", chat) == "Hello!"
+    assert instruct.extract_response(chat + " Hello! <|im_end|>junk", chat) == "Hello!"
 
 
 @pytest.mark.parametrize("candidate, reference, expected", [
@@ -126,12 +127,12 @@ def test_extract_response() -> None:
     ("", "", 1.0),
 ])
 def test_rouge_l_by_hand(candidate, reference, expected) -> None:
-    assert gpt2.rouge_l(candidate, reference) == pytest.approx(expected)
+    assert instruct.rouge_l(candidate, reference) == pytest.approx(expected)
 
 
 def test_exact_match() -> None:
-    assert gpt2.exact_match("The answer is 4.", "the answer is 4")
-    assert not gpt2.exact_match("The answer is 4.", "The answer is 5.")
+    assert instruct.exact_match("The answer is 4.", "the answer is 4")
+    assert not instruct.exact_match("The answer is 4.", "The answer is 5.")
 
 
 def test_response_loss_counts_only_the_response() -> None:
@@ -140,23 +141,26 @@ def test_response_loss_counts_only_the_response() -> None:
     tokenizer = gpt2.get_tokenizer()
     entry = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
     prompt, response = (tokenizer.encode(gpt2.format_input(entry)),
-                        tokenizer.encode(gpt2.format_response(entry)))
+                        tokenizer.encode(instruct.format_response(entry)))
     ids = torch.tensor([prompt + response + [PAD]])
     with torch.no_grad():
         logits = model(ids[:, :-1])[0]
     expected = torch.nn.functional.cross_entropy(logits[len(prompt) - 1:], ids[0, len(prompt):])
-    losses = gpt2.response_losses(model, [entry, entry], tokenizer)
+    losses = instruct.response_losses(model, [entry, entry], tokenizer)
     assert losses == pytest.approx([expected.item()] * 2, rel=1e-5)
 
 
 # --- the Ollama judge -------------------------------------------------------------------------
 
 class FakeOllama:
-    """A loopback server speaking Ollama's /api/tags and /api/chat. It answers a chat with a
-    score, unless the response it is asked about says "junk" (a reply that is not a number) or
-    "crash" (HTTP 500)."""
+    """A loopback server speaking Ollama's /api/tags and /api/chat. It answers the chats with the
+    scores of SCORES in turn, unless the response it is asked about says "junk" (a reply that is
+    not a number) or "crash" (HTTP 500)."""
+    SCORES = (60, 90, 75)
 
     def __init__(self) -> None:
+        scores = iter(self.SCORES * 10)
+
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
@@ -170,7 +174,7 @@ class FakeOllama:
                 if "crash" in prompt:
                     self._send(500, {"error": "model runner crashed"})
                 else:
-                    content = "I liked it a lot." if "junk" in prompt else "85"
+                    content = "I liked it a lot." if "junk" in prompt else str(next(scores))
                     self._send(200, {"model": request["model"], "done": True,
                                      "message": {"role": "assistant", "content": content}})
 
@@ -213,7 +217,7 @@ def test_judge_scores_skips_junk_and_errors(fake_ollama) -> None:
     assert ollama_judge.check_if_running("llama3", fake_ollama.url)
     data = [entry_with("Blue."), entry_with("junk"), entry_with("crash"), entry_with("Red.")]
     scores, skipped = ollama_judge.generate_model_scores(data, url=fake_ollama.url)
-    assert scores == [85, 85]
+    assert scores == [60, 90]  # the replies to the two good entries, in order
     assert skipped[0].startswith("entry 1:") and "not a score" in skipped[0]
     assert skipped[1].startswith("entry 2:") and "HTTP 500" in skipped[1]
 
@@ -245,7 +249,7 @@ def test_parse_score_rejects_the_rest(reply) -> None:
 # --- the chat tokenizer and the grown model ---------------------------------------------------
 
 def test_chat_tokenizer_round_trips_and_keeps_gpt2_ids() -> None:
-    chat, base = gpt2.chat_tokenizer(), gpt2.get_tokenizer()
+    chat, base = instruct.chat_tokenizer(), gpt2.get_tokenizer()
     text = "<|im_start|>user\nHello, world!<|im_end|>\n"
     ids = chat.encode(text, allowed_special="all")
     assert ids[0] == 50257 and 50258 in ids and chat.n_vocab == 50259
@@ -263,7 +267,7 @@ def test_resized_model_keeps_old_logits(tied) -> None:
     ids = torch.tensor([[15496, 11, 995, 0, 50256]])
     with torch.no_grad():
         before = model(ids)
-        gpt2.resize_token_embeddings(model, 50259)
+        instruct.resize_token_embeddings(model, 50259)
         after = model(ids)
         model(torch.tensor([[50257, 50258]]))  # the new ids exist
     assert after.shape[-1] == 50259 and model.cfg["vocab_size"] == 50259
@@ -280,16 +284,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY)
 
 
-def test_cli_instruction_prints_only_the_response(tiny_checkpoint) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "gpt2.py"), "--checkpoint", str(tiny_checkpoint),
-         "--instruction", "Name a colour.", "--temperature", "0", "--max-new-tokens", "8"],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_cli_instruction_prints_only_the_response(tiny_checkpoint, capsys) -> None:
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--instruction",
+                                  "Name a colour.", "--temperature", "0", "--max-new-tokens", "8")
+    assert code == 0, err
     model = gpt2.load_checkpoint(tiny_checkpoint)[0].eval()
-    expected = gpt2.generate_response(model, {"instruction": "Name a colour."},
-                                      gpt2.get_tokenizer(), max_new_tokens=8)
-    assert result.stdout == expected + "\n" and "Instruction" not in result.stdout
+    expected = instruct.generate_response(model, {"instruction": "Name a colour."},
+                                          gpt2.get_tokenizer(), max_new_tokens=8)
+    assert out == expected + "\n" and "Instruction" not in out
 
 
 def test_finetune_script_quick_run(tiny_checkpoint, tmp_path, fake_ollama) -> None:
@@ -302,7 +304,7 @@ def test_finetune_script_quick_run(tiny_checkpoint, tmp_path, fake_ollama) -> No
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["test_entries"] == 3 and summary["judge_score"] == 85
+    assert summary["test_entries"] == 3 and summary["judge_score"] == 75  # (60 + 90 + 75) / 3
     responses = json.loads((out / "instruction-data-with-response.json").read_text())
     assert len(responses) == 3 and all("model_response" in e for e in responses)
     model = gpt2.load_checkpoint(out / "model.pth")[0]

@@ -124,7 +124,7 @@ def test_shell_download_command(tmp_path, mirror_server):
 
     failed = subprocess.run(script[:2] + ["355M", "--models-dir", str(tmp_path)], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "GPT2_MIRROR": mirror_server.url})
-    assert failed.returncode == 1 and "models/355M/checkpoint" in failed.stderr
+    assert failed.returncode == 2 and "models/355M/checkpoint" in failed.stderr
     assert "Traceback" not in failed.stderr
 
 

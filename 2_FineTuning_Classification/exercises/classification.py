@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import gpt2
+import spam
 
 from . import verdict
 
@@ -19,25 +20,25 @@ LORA_RANK = 16
 
 def _small_classifier(seed: int = 0) -> gpt2.GPTModel:
     torch.manual_seed(seed)
-    return gpt2.add_classification_head(gpt2.GPTModel(SMALL))
+    return spam.add_classification_head(gpt2.GPTModel(SMALL))
 
 
 def check_full_context_dataset(dataset, context_length: int) -> bool:
     """Exercise 1: the training set padded to the model's whole context instead of its longest
     message."""
     if dataset is None:
-        return verdict(False, "build a gpt2.SpamDataset of train.csv with max_length set")
+        return verdict(False, "build a spam.SpamDataset of train.csv with max_length set")
     lengths = {len(dataset[i][0]) for i in range(len(dataset))}
     if lengths != {context_length}:
         return verdict(False, f"the messages have {sorted(lengths)[:5]} tokens; every one should "
                               f"have the context length, {context_length}")
     tokenizer = gpt2.get_tokenizer()
-    first = gpt2.encode_message(dataset.data["Text"].iloc[0], tokenizer)[:context_length]
+    first = spam.encode_message(dataset.data["Text"].iloc[0], tokenizer)[:context_length]
     ids = dataset[0][0].tolist()
-    if ids[:len(first)] != first or set(ids[len(first):]) - {gpt2.PAD_TOKEN_ID}:
+    if ids[:len(first)] != first or set(ids[len(first):]) - {spam.PAD_TOKEN_ID}:
         return verdict(False, "each message should come first, followed by <|endoftext|> "
-                              f"(id {gpt2.PAD_TOKEN_ID}) up to the context length")
-    padded = sum(ids.count(gpt2.PAD_TOKEN_ID) for ids in dataset.encoded_texts)
+                              f"(id {spam.PAD_TOKEN_ID}) up to the context length")
+    padded = sum(ids.count(spam.PAD_TOKEN_ID) for ids in dataset.encoded_texts)
     share = padded / (len(dataset) * context_length)
     return verdict(True, f"{share:.0%} of the training tokens are now padding: every step costs "
                          "that much more, and the last token, the one that classifies, sits "
@@ -87,20 +88,20 @@ def check_first_token_loss(calc_loss_batch_first) -> bool:
 def trainable_counts_124m() -> dict[str, int]:
     """Parameters that train in GPT-2 124M made into a 2-class classifier, by setting."""
     counts = {}
-    for trainable in gpt2.TRAINABLE_CHOICES:
+    for trainable in spam.TRAINABLE_CHOICES:
         with torch.device("meta"):
-            model = gpt2.prepare_classifier(gpt2.GPTModel(gpt2.gpt2_config("124M")), trainable,
+            model = spam.prepare_classifier(gpt2.GPTModel(gpt2.gpt2_config("124M")), trainable,
                                             lora_rank=LORA_RANK, lora_alpha=LORA_RANK)
-        counts[trainable] = gpt2.count_trainable_parameters(model)
+        counts[trainable] = spam.count_trainable_parameters(model)
     return counts
 
 
 def check_trainable_counts(answer: dict | None) -> bool:
     """Exercise 4: parameters that train in GPT-2 124M as a classifier, for "last-block", "all"
     and "lora" (rank 16)."""
-    if not isinstance(answer, dict) or set(answer) != set(gpt2.TRAINABLE_CHOICES):
+    if not isinstance(answer, dict) or set(answer) != set(spam.TRAINABLE_CHOICES):
         return verdict(False, "give a dict with the keys " +
-                       ", ".join(repr(k) for k in gpt2.TRAINABLE_CHOICES))
+                       ", ".join(repr(k) for k in spam.TRAINABLE_CHOICES))
     expected = trainable_counts_124m()
     wrong = [key for key in expected if answer[key] != expected[key]]
     if wrong:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import gpt2
+import instruct
 
 from . import verdict
 
@@ -56,13 +57,13 @@ def _random_batch(rng: random.Random) -> list[tuple[int, list[int]]]:
 
 def check_masked_collate(collate) -> bool:
     """Exercise 2: a collate function for (prompt length, token ids) pairs that also masks the
-    prompt's targets, as gpt2.custom_collate_fn_masked does (written by you)."""
+    prompt's targets, as instruct.custom_collate_fn_masked does (written by you)."""
     if not callable(collate):
         return verdict(False, "define collate(batch) and pass the function itself")
     rng = random.Random(0)
     for _ in range(20):
         batch = _random_batch(rng)
-        expected = gpt2.custom_collate_fn_masked(batch)
+        expected = instruct.custom_collate_fn_masked(batch)
         try:
             got = collate(batch)
         except Exception as err:
@@ -73,7 +74,7 @@ def check_masked_collate(collate) -> bool:
             return verdict(False, f"the inputs differ for {batch}: pad every row with 50256 to the "
                                   "longest row's length")
         if not torch.equal(got[1], expected[1]):
-            unmasked = gpt2.custom_collate_fn([ids for _, ids in batch])[1]
+            unmasked = instruct.custom_collate_fn([ids for _, ids in batch])[1]
             hint = ("these are the targets without masking the prompt" if
                     torch.equal(got[1], unmasked) else
                     "target j is token j + 1: mask the first prompt_length - 1 targets")
@@ -117,8 +118,8 @@ def check_rouge_l(answer: float | None) -> bool:
     """Exercise 4: ROUGE-L F1 of ROUGE_CANDIDATE against ROUGE_REFERENCE, worked out by hand."""
     if not isinstance(answer, (int, float)):
         return verdict(False, "give a number between 0 and 1")
-    words_c, words_r = len(gpt2._words(ROUGE_CANDIDATE)), len(gpt2._words(ROUGE_REFERENCE))
-    expected = gpt2.rouge_l(ROUGE_CANDIDATE, ROUGE_REFERENCE)
+    words_c, words_r = len(instruct._words(ROUGE_CANDIDATE)), len(instruct._words(ROUGE_REFERENCE))
+    expected = instruct.rouge_l(ROUGE_CANDIDATE, ROUGE_REFERENCE)
     lcs = expected * (words_c + words_r) / 2  # F1 = 2 lcs / (|c| + |r|)
     if math.isclose(answer, expected, abs_tol=1e-3):
         return verdict(True, f"the longest common subsequence has {round(lcs)} words; word order "
