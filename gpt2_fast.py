@@ -22,6 +22,7 @@ import copy
 import ctypes
 import functools
 import platform
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -114,6 +115,41 @@ def flush_subnormals() -> bool:
     has the switch (x86 with SSE3).
     """
     return torch.set_flush_denormal(True)
+
+
+
+# A training-shaped matmul: 1,024 tokens through GPT-2 124M's first feed-forward layer.
+TRAINING_MATMUL = (1024, 768, 3072)
+
+
+def matmul_seconds(dtype: torch.dtype, device: torch.device | str = "cpu",
+                   shape: tuple[int, int, int] = TRAINING_MATMUL, seconds: float = 0.25) -> float:
+    """Seconds one (m x k) @ (k x n) matmul takes in `dtype`: the median over as many runs as
+    fit in about `seconds`, after one warm-up run."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    times, deadline = [], time.perf_counter() + seconds
+    a @ b  # warm-up: first-call set-up is not the steady rate
+    while not times or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def pick_training_dtype(device: torch.device | str = "cpu",
+                        time_matmul: Callable[..., float] = matmul_seconds
+                        ) -> tuple[str, dict[str, float]]:
+    """"bf16" or "fp32", whichever multiplies a training-shaped matrix faster here, measured
+    (under a second) rather than read from CPU flags: some CPUs that report bf16 instructions
+    multiply bf16 at half their fp32 rate. Returns (choice, GFLOP/s of each)."""
+    m, k, n = TRAINING_MATMUL
+    rates = {name: 2 * m * k * n / time_matmul(dtype, device) / 1e9
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    return ("bf16" if rates["bf16"] > rates["fp32"] else "fp32"), rates
 
 # ---------------------------------------------------------------------------------------------
 # Matmuls on oneDNN
@@ -320,7 +356,7 @@ def accelerate(model: nn.Module, onednn: bool | None = None, min_side: int = ONE
 # ---------------------------------------------------------------------------------------------
 
 # Number formats a model can be prepared to generate in (for_generation).
-GENERATION_DTYPES = gpt2.GENERATION_DTYPES
+GENERATION_DTYPES = ("fp32", "bf16", "int8")  # the number formats for_generation offers
 
 
 class PackedLinear(nn.Module):

@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -91,20 +92,15 @@ def setup_cuda() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX-512 BF16): there bf16 autocast
-    trains faster than fp32; elsewhere bf16 is emulated and slower."""
-    flags = gpt2_fast._cpu_description().split()
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for "bf16", and for "auto" on a GPU or CPU that computes in bf16 natively;
-    None means plain fp32."""
-    if name == "auto":
-        native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-                  else device.type == "cpu" and cpu_has_bf16_matmul())
-        return torch.bfloat16 if native else None
+    """bf16 for "bf16"; for "auto", bf16 on a GPU that has it and, on a CPU, whichever of bf16
+    and fp32 multiplies faster here, measured and printed; None means plain fp32."""
+    if name == "auto" and device.type == "cpu":
+        name, rates = gpt2_fast.pick_training_dtype(device)
+        print(f"--dtype auto: {name} (a training-shaped matmul here: fp32 {rates['fp32']:.0f}, "
+              f"bf16 {rates['bf16']:.0f} GFLOP/s)", file=sys.stderr)
+    elif name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return torch.bfloat16 if name == "bf16" else None
 
 
@@ -314,15 +310,10 @@ class Trainer:
         self.raw.train()
         return total / n
 
-    @torch.no_grad()
     def sample(self, prompt: str, max_new_tokens: int) -> str:
         """A greedy continuation of `prompt`: a quick look at what the model has learned."""
-        self.raw.eval()
-        tokenizer = gpt2.get_tokenizer()
-        idx = gpt2.text_to_token_ids(prompt or gpt2.ENDOFTEXT, tokenizer).to(self.dist.device)
-        out = gpt2.generate(self.raw, idx, max_new_tokens, self.raw.cfg["context_length"])
-        self.raw.train()
-        return gpt2.token_ids_to_text(out, tokenizer)
+        return gpt2.sample_text(self.raw, gpt2.get_tokenizer(), self.dist.device, prompt,
+                                max_new_tokens)
 
 
 def rng_states(rank_dist: Dist) -> list[dict]:
@@ -343,10 +334,10 @@ def restore_rng(states: list[dict], rank: int) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_atomically(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: `path` is never half-written."""
+def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file, then rename it to `path`: `path` is never half-written."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -423,10 +414,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model-size", choices=gpt2.MODEL_CONFIGS,
                        help="a GPT-2 size's layers, heads and width (overrides the three below)")
-    model.add_argument("--n-layer", type=int, default=6)
-    model.add_argument("--n-head", type=int, default=6)
-    model.add_argument("--emb-dim", type=int, default=384)
-    model.add_argument("--context", type=int, default=256, help="tokens per training window")
+    course = gpt2.COURSE_MODEL_CONFIG  # the defaults make the course model
+    model.add_argument("--n-layer", type=int, default=course["n_layers"])
+    model.add_argument("--n-head", type=int, default=course["n_heads"])
+    model.add_argument("--emb-dim", type=int, default=course["emb_dim"])
+    model.add_argument("--context", type=int, default=course["context_length"],
+                       help="tokens per training window")
     model.add_argument("--dropout", type=float, default=0.1)
     model.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=True,
                        help="share the token embedding with the output head")
@@ -442,8 +435,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=0.1)
     train.add_argument("--grad-clip", type=float, default=1.0, help="0 turns clipping off")
     train.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="autocast format; auto = bf16 on a GPU or CPU (AMX, AVX-512 BF16) "
-                            "that computes in bf16 natively, else fp32")
+                       help="autocast format; auto = bf16 on a GPU that has it; on a CPU, bf16 "
+                            "or fp32, whichever multiplies faster here (measured, < 1 s)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
     train.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     train.add_argument("--seed", type=int, default=123)
@@ -621,8 +614,7 @@ def train_loop(trainer: Trainer, args: argparse.Namespace, step: int, position: 
                 log.flush()
     if is_main and step == args.steps:
         final = args.out_dir / "model.pth"
-        gpt2.save_checkpoint(final.with_name(final.name + ".tmp"), trainer.raw)
-        os.replace(final.with_name(final.name + ".tmp"), final)
+        save_atomically(final, lambda tmp: gpt2.save_checkpoint(tmp, trainer.raw))
         plot_loss(read_log(log_path), args.out_dir / "loss.png")
         print(f"saved {final} and {args.out_dir / 'loss.png'}", file=sys.stderr)
 
@@ -641,8 +633,8 @@ def evaluate_and_save(trainer: Trainer, args: argparse.Namespace, step: int,
         scores = hellaswag.evaluate_hellaswag(trainer.raw, trainer.hellaswag_examples, progress=False)
         result.update(hellaswag_acc=scores["acc"], hellaswag_acc_norm=scores["acc_norm"])
     saving = time.perf_counter()
-    save_atomically(training_state(trainer, step, position, args, rngs),
-                    args.out_dir / "checkpoint.pth")
+    state = training_state(trainer, step, position, args, rngs)
+    save_atomically(args.out_dir / "checkpoint.pth", lambda tmp: torch.save(state, tmp))
     return {**result, "eval_seconds": saving - start,
             "checkpoint_seconds": time.perf_counter() - saving}
 

@@ -10,6 +10,7 @@
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -267,3 +268,30 @@ def test_flush_subnormals_reaches_every_thread_torch_starts_after_it():
 
     assert nonzero("plain") == 8 * 128 * 128
     assert nonzero("flush") == 0
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, expected", [(0.5, 1.0, "fp32"), (1.0, 0.5, "bf16")])
+def test_training_dtype_is_the_faster_matmul_measured(fp32_s, bf16_s, expected):
+    """The rule with a fake timer: the format whose matmul took less time wins, flags aside."""
+    seconds = {torch.float32: fp32_s, torch.bfloat16: bf16_s}
+    choice, rates = gpt2_fast.pick_training_dtype("cpu", lambda dtype, device: seconds[dtype])
+    m, k, n = gpt2_fast.TRAINING_MATMUL
+    assert choice == expected
+    assert rates == {"fp32": 2 * m * k * n / fp32_s / 1e9, "bf16": 2 * m * k * n / bf16_s / 1e9}
+
+
+def test_pretrain_auto_dtype_says_what_it_measured(monkeypatch, capsys):
+    import pretrain
+    monkeypatch.setattr(gpt2_fast, "pick_training_dtype",
+                        lambda device: ("fp32", {"fp32": 180.0, "bf16": 97.0}))
+    assert pretrain.autocast_dtype("auto", torch.device("cpu")) is None
+    assert "--dtype auto: fp32 (a training-shaped matmul here: fp32 180, bf16 97 GFLOP/s)" in \
+        capsys.readouterr().err
+    assert pretrain.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_a_real_matmul_timing_is_quick_and_positive():
+    start = time.perf_counter()
+    choice, rates = gpt2_fast.pick_training_dtype("cpu")
+    assert choice in ("fp32", "bf16") and min(rates.values()) > 0
+    assert time.perf_counter() - start < 30  # about half a second on an idle machine
