@@ -80,6 +80,10 @@ DATA_FILES = {
         "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
         "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
     ),
+    "instruction-data-with-preference.json": (
+        "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+        "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+    ),
     # UCI serves a zip whose bytes may change between repacks, so no hash for it:
     # check the extracted SMSSpamCollection instead.
     "sms_spam_collection.zip": (
