@@ -149,8 +149,8 @@ def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, s
     """A DataLoader of (inputs, targets) batches of shape (batch_size, max_length)."""
     dataset = GPTDatasetV1(txt, get_tokenizer(), max_length, stride)
     if len(dataset) == 0:
-        raise ValueError(f"the text has {len(dataset.token_ids)} tokens, too few for one window of "
-                         f"max_length={max_length} plus its target; use more text or a smaller max_length")
+        raise ValueError(f"the text has {len(dataset.token_ids)} tokens, too few for a window of "
+                         f"{max_length} plus its target; use more text or a smaller max_length")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers)
 
@@ -624,7 +624,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", cfg: d
     return model.to(device), state.get("optimizer_state_dict")
 
 
-# ---- Chapter 5: one loader for every source of weights, and the base model of chapters 6 and 7 ----
+# ---- Chapter 5: one loader for all weights; the base model of chapters 6 and 7 ----
 
 # The course's own pretrained model (1_PreTraining/pretrain.py makes it); "random" builds it too.
 COURSE_MODEL_CONFIG = {**GPT_CONFIG_124M, "context_length": 256, "emb_dim": 384, "n_heads": 6,
@@ -726,13 +726,13 @@ class LinearWithLoRA(nn.Module):
 
     def merged(self) -> nn.Linear:
         """One plain nn.Linear computing the same: W + alpha (A B)^T, no extra cost per token."""
-        linear = nn.Linear(self.linear.in_features, self.linear.out_features,
-                           bias=self.linear.bias is not None).to(self.linear.weight.device)
+        old, lora = self.linear, self.lora
+        linear = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None)
         with torch.no_grad():
-            linear.weight.copy_(self.linear.weight + self.lora.alpha * (self.lora.A @ self.lora.B).T)
+            linear.weight.copy_(old.weight + lora.alpha * (lora.A @ lora.B).T)
             if linear.bias is not None:
-                linear.bias.copy_(self.linear.bias)
-        return linear
+                linear.bias.copy_(old.bias)
+        return linear.to(old.weight.device)
 
 
 def _swap_modules(model: nn.Module, kind: type, swap: Callable) -> nn.Module:
@@ -757,7 +757,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return _swap_modules(model, LinearWithLoRA, LinearWithLoRA.merged)
 
 
-# ---- Chapter 7: the prompt format (the rest of chapter 7 is in 3_FineTuning_Instructions/instruct.py) ----
+# ---- Chapter 7: the prompt format (the rest is in 3_FineTuning_Instructions/instruct.py) ----
 
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
@@ -789,72 +789,89 @@ def build_arg_parser(dtypes: tuple[str, ...]) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--prompt", default="Every effort moves you",
         help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
-    add("--instruction", help="answer this instruction instead of continuing --prompt: it is "
-        "framed as in chapter 7 (format_input) and only the response is printed; meant for a "
-        "model fine-tuned on instructions, with --temperature 0 as in the book")
+    add("--instruction", help="answer this instead of continuing --prompt: framed as in chapter 7 "
+        "(format_input), only the response printed; for a model fine-tuned on instructions")
     add("--input", default="", help="the instruction's input, if it has one")
     add("--model-size", default="124M", choices=MODEL_CONFIGS,
         help="which OpenAI GPT-2 to load (default: %(default)s)")
     add("--checkpoint", type=Path, help="a .pth saved by gpt2.save_checkpoint, e.g. the course "
         "model made by 1_PreTraining/pretrain.py; used instead of --model-size")
-    add("--hf-model", metavar="PATH_OR_NAME", help="a Hugging Face GPT2LMHeadModel (a "
-        "save_pretrained folder or a name such as gpt2-medium), read with transformers; used "
-        "instead of --model-size")
+    add("--hf-model", metavar="PATH_OR_NAME", help="a Hugging Face GPT2LMHeadModel (a folder or "
+        "a name such as gpt2-medium), read with transformers; used instead of --model-size")
     add("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
         help="where OpenAI's checkpoints are kept (default: %(default)s)")
-    add("--max-new-tokens", type=int, default=50, help="how many tokens to add (default: %(default)s)")
-    add("--temperature", type=float, default=1.0,
-        help="0 = greedy; higher = more varied (default: %(default)s)")
+    add("--max-new-tokens", type=int, default=50, help="tokens to add (default: %(default)s)")
+    add("--temperature", type=float, default=1.0, help="0 = greedy; higher = more varied "
+        "(default: %(default)s)")
     add("--top-k", type=int, default=40,
         help="sample among the k likeliest tokens; 0 = no limit (default: %(default)s)")
     add("--top-p", type=float,
         help="sample among the likeliest tokens holding this much probability")
     add("--seed", type=int, default=123, help="random seed (default: %(default)s)")
-    add("--device", default="auto",
-        help="cpu, cuda, mps, or auto: cuda, then mps, then cpu (default: %(default)s)")
+    add("--device", default="auto", help="cpu, cuda, mps, or auto (default): cuda, then mps, cpu")
     add("--dtype", default="fp32", choices=dtypes, help="number format to generate in: bf16 and "
         "int8 are faster and nearly as good (default: %(default)s)")
+    add("--num-samples", type=int, default=1,
+        help="continuations of the prompt to generate, in one batch (default: %(default)s)")
+    add("--interactive", action="store_true", help="load the model once, then read prompts from "
+        "standard input until it ends (Ctrl-D); Ctrl-C stops one generation")
     add("--stream", action="store_true", help="print tokens as they are made")
     add("--verbose", action="store_true", help="also print the device, model and generation speed")
     return parser
 
 
 def run_cli(args: argparse.Namespace, for_generation: Callable) -> None:
+    """Load the model once; answer --prompt (--instruction), or each line of standard input."""
     torch.manual_seed(args.seed)
     device = get_device(args.device)
     model = load_model(args.checkpoint, args.hf_model, args.model_size, args.models_dir, device)
     n_parameters = count_parameters(model)
     model = for_generation(model, args.dtype)
-    tokenizer = get_tokenizer()
+    if not args.interactive:
+        return respond(model, args.prompt if args.instruction is None else args.instruction,
+                       args, n_parameters)
+    print("Type a prompt, then Enter; Ctrl-C stops a generation, Ctrl-D quits.", file=sys.stderr)
+    for line in sys.stdin:
+        try:
+            respond(model, line.rstrip("\n"), args, n_parameters)
+        except KeyboardInterrupt:
+            print("\n[stopped]", file=sys.stderr)
+
+
+def respond(model: GPTModel, text: str, args: argparse.Namespace, n_parameters: int) -> None:
+    """Continue `text` (or answer it, with --instruction) --num-samples times, and print."""
+    tokenizer, n = get_tokenizer(), args.num_samples
     answering = args.instruction is not None
-    prompt = format_input({"instruction": args.instruction, "input": args.input}) if answering \
-        else args.prompt
-    idx = text_to_token_ids(prompt or ENDOFTEXT, tokenizer).to(device)
+    prompt = format_input({"instruction": text, "input": args.input}) if answering else text
+    idx = text_to_token_ids(prompt or ENDOFTEXT, tokenizer).to(model.tok_emb.weight.device)
     context = model.cfg["context_length"]
     if idx.shape[1] > context:
         print(f"note: the prompt has {idx.shape[1]} tokens; the model reads only the last "
               f"{context}", file=sys.stderr)
-    stream = stream_tokens(model, idx, args.max_new_tokens, context, temperature=args.temperature,
-                           top_k=args.top_k or None, top_p=args.top_p,
-                           eos_id=tokenizer.eot_token if answering else None)
+    stream = stream_tokens(model, idx.repeat(n, 1), args.max_new_tokens, context,
+                           temperature=args.temperature, top_k=args.top_k or None,
+                           top_p=args.top_p, eos_id=tokenizer.eot_token if answering else None)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    if not answering:
+    if args.stream:
         print(prompt, end="", flush=True)
-    pieces, start, count = [], time.perf_counter(), 0
+    tokens, start, count = [], time.perf_counter(), 0
     for count, token in enumerate(stream, 1):
-        piece = decoder.decode(tokenizer.decode_single_token_bytes(token.item()))
-        if args.stream:
-            print(piece, end="", flush=True)
-        else:
-            pieces.append(piece)
-    text = "".join(pieces) + decoder.decode(b"", final=True)
-    if answering:  # the response alone: up to the end-of-text token, without its header
-        text = text.split(ENDOFTEXT, 1)[0].replace(RESPONSE_HEADER, "", 1).strip()
-    print(text)
+        tokens.append(token)  # (n, 1)
+        if args.stream:  # one sample: print each piece as soon as it is made
+            print(decoder.decode(tokenizer.decode_single_token_bytes(token.item())), end="",
+                  flush=True)
+    for i, row in enumerate(torch.cat(tokens, dim=1).tolist()):
+        new = decoder.decode(b"", final=True) if args.stream else \
+            tokenizer.decode_bytes(row).decode("utf-8", errors="replace")
+        if answering:  # the response alone: up to the end-of-text token, without its header
+            new = new.split(ENDOFTEXT, 1)[0].replace(RESPONSE_HEADER, "", 1).strip()
+        print(("" if n == 1 else f"=== sample {i + 1} of {n} ===\n")
+              + ("" if answering or args.stream else prompt) + new)
     if args.verbose:
         elapsed = time.perf_counter() - start
-        print(f"[{count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tokens/s on {device} "
-              f"in {args.dtype}, {n_parameters:,} parameters]", file=sys.stderr)
+        print(f"[{f'{n} x ' if n > 1 else ''}{count} tokens in {elapsed:.2f} s: "
+              f"{n * count / elapsed:.1f} tokens/s on {idx.device} in {args.dtype}, "
+              f"{n_parameters:,} parameters]", file=sys.stderr)
 
 
 def main(argv: list[str] | None, for_generation: Callable, dtypes: tuple[str, ...]) -> int:
@@ -863,8 +880,11 @@ def main(argv: list[str] | None, for_generation: Callable, dtypes: tuple[str, ..
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.instruction is not None and args.stream:
-        parser.error("--instruction prints only the response, once it is complete; drop --stream")
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.stream and (args.instruction is not None or args.num_samples > 1):
+        parser.error("--stream prints one continuation as it is made; drop it for --instruction "
+                     "and --num-samples")
     try:
         check_sampling_args(args.temperature, args.top_k or None, args.top_p)
         run_cli(args, for_generation)

@@ -1,5 +1,6 @@
 """`python gpt2.py`: its output and exit codes, run in-process through `main(argv)`, plus one
 real `python gpt2.py` subprocess to show that the script itself works."""
+import io
 import re
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_bad_input_gets_one_line_and_exit_2(args, message, tiny_checkpoint, caps
 
 @pytest.mark.parametrize("args, message", [
     (("--max-new-tokens", "-3"), "--max-new-tokens must be at least 1"),
-    (("--instruction", "Hi", "--stream"), "drop --stream"),
+    (("--instruction", "Hi", "--stream"), "drop it for --instruction"),
 ])
 def test_contradictory_flags_are_refused(args, message, tiny_checkpoint, capsys):
     code, _, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), *args)
@@ -120,3 +121,58 @@ def test_the_library_never_imports_the_speed_module():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_num_samples_gives_that_many_continuations_of_one_prompt(tiny_checkpoint, capsys):
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--num-samples",
+                                  "3", "--max-new-tokens", "6", "--seed", "5", "--verbose")
+    assert code == 0, err
+    samples = out.split("=== sample ")[1:]
+    assert [s.split(" ===")[0] for s in samples] == ["1 of 3", "2 of 3", "3 of 3"]
+    texts = [s.split("===\n", 1)[1] for s in samples]
+    assert all(t.startswith("Every effort moves you") for t in texts) and len(set(texts)) == 3
+    assert re.search(r"\[3 x 6 tokens in ", err), err
+
+
+def test_num_samples_at_temperature_0_are_all_the_greedy_text(tiny_checkpoint, capsys):
+    code, out, _ = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--num-samples",
+                                "2", "--max-new-tokens", "5", "--temperature", "0")
+    greedy = greedy_text(tiny_checkpoint, "Every effort moves you", 5)
+    assert code == 0 and out == f"=== sample 1 of 2 ===\n{greedy}\n=== sample 2 of 2 ===\n{greedy}\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--num-samples", "0"), "--num-samples must be at least 1"),
+    (("--num-samples", "2", "--stream"), "drop it for --instruction and --num-samples"),
+])
+def test_bad_sample_counts_are_refused(args, message, tiny_checkpoint, capsys):
+    code, _, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_interactive_answers_each_line_until_the_input_ends(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\nThe king\n"))
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--interactive",
+                                  "--max-new-tokens", "4", "--temperature", "0")
+    assert code == 0, err
+    expected = [greedy_text(tiny_checkpoint, p, 4) for p in ("Hello", "The king")]
+    assert out.splitlines() == expected and "Ctrl-D" in err
+
+
+def test_ctrl_c_stops_one_generation_not_the_program(tiny_checkpoint, capsys, monkeypatch):
+    real_stream = gpt2.stream_tokens
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        for i, token in enumerate(real_stream(*args, **kwargs)):
+            if len(calls) == 1 and i == 2:
+                raise KeyboardInterrupt  # Ctrl-C during the first answer
+            yield token
+
+    monkeypatch.setattr(gpt2, "stream_tokens", interrupted_once)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\nThe king\n"))
+    code, out, err = run_gpt2_cli(capsys, "--checkpoint", str(tiny_checkpoint), "--interactive",
+                                  "--max-new-tokens", "4", "--temperature", "0")
+    assert code == 0 and "[stopped]" in err
+    assert out.splitlines() == [greedy_text(tiny_checkpoint, "The king", 4)]

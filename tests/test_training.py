@@ -41,7 +41,7 @@ def test_untrained_loss_is_near_uniform_and_training_lowers_it():
 
 
 def test_too_short_text_is_refused_and_empty_loader_gives_nan():
-    with pytest.raises(ValueError, match="too few for one window"):
+    with pytest.raises(ValueError, match="too few for a window"):
         gpt2.create_dataloader_v1("too short", batch_size=2, max_length=16, stride=16)
     empty = torch.utils.data.DataLoader([], batch_size=1)
     assert torch.isnan(torch.tensor(gpt2.calc_loss_loader(empty, gpt2.GPTModel(TINY), "cpu")))
