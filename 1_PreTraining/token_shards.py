@@ -13,8 +13,9 @@ index is rewritten the same way after each one, so a cut run leaves nothing half
 
 Local text is read whole (two bytes of memory per token) and its LAST `val_fraction` of tokens
 is the validation split. A Hub data set is too big for that: it is cut into shards of
-`shard_tokens` tokens as it streams, the first shard is the validation split, several worker
-processes tokenise, and a cut run resumes at the next unwritten shard.
+`shard_tokens` tokens as it streams, several worker processes tokenise, and a cut run resumes at
+the next unwritten shard. Its own validation split, where it has one (TinyStories does), is the
+validation split; otherwise (FineWeb-Edu) the first shard of its training split is.
 """
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ INDEX_NAME = "index.json"
 TOKENS_DIR = gpt_download.DATA_DIR / "tokens"
 DEFAULT_SOURCE = "tinyshakespeare"
 DEFAULT_SHARD_TOKENS = 100_000_000
-# Short names for the Hub data sets GPT-2 reproductions train on: repository, default config.
+# Short names for the Hub data sets GPT-2 reproductions train on: repository, default config,
+# and the name of the data set's own validation split (None: it has none).
 HUB_DATASETS = {
-    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
-    "tinystories": ("roneneldan/TinyStories", None),
+    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", None),
+    "tinystories": ("roneneldan/TinyStories", None, "validation"),
 }
+VALIDATION_SPLITS = ("validation", "valid", "val")  # names a local Hub-layout folder may use
 HUB_FILE_TYPES = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 
 
@@ -93,13 +96,21 @@ def load_split(folder: str | Path, split: str) -> list[np.memmap]:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_hub_name(source: str) -> tuple[str, str | None] | None:
-    """("repo", config) for `fineweb-edu`, `fineweb-edu:sample-100BT` or `tinystories`."""
+def parse_hub_name(source: str) -> tuple[str, str | None, str | None] | None:
+    """("repo", config, validation split) for `fineweb-edu`, `fineweb-edu:sample-100BT` or
+    `tinystories`."""
     name, _, config = source.partition(":")
     if name not in HUB_DATASETS:
         return None
-    repo, default_config = HUB_DATASETS[name]
-    return repo, config or default_config
+    repo, default_config, validation = HUB_DATASETS[name]
+    return repo, config or default_config, validation
+
+
+def split_of(path: Path) -> str:
+    """The split a file of a Hub-layout folder belongs to, from its name (validation-0000.parquet,
+    val.jsonl) or its folder's (validation/part0.parquet): "val" or "train"."""
+    names = [path.stem.split("-")[0].split("_")[0].lower(), path.parent.name.lower()]
+    return "val" if any(name in VALIDATION_SPLITS for name in names) else "train"
 
 
 def hub_layout_files(path: Path) -> list[Path]:
@@ -146,9 +157,15 @@ def prepare_tokens(source: str = DEFAULT_SOURCE, tokens_dir: str | Path = TOKENS
     folder = Path(tokens_dir) / corpus_name(source)
     hub = parse_hub_name(source)
     if hub is not None:
-        return prepare_stream(hub_documents(*hub), source, folder, shard_tokens, workers)
+        repo, config, validation = hub
+        val_documents = hub_documents(repo, config, validation) if validation else None
+        return prepare_stream(hub_documents(repo, config), source, folder, shard_tokens, workers,
+                              val_documents)
     if files := hub_layout_files(Path(source)):
-        return prepare_stream(local_hub_documents(files), source, folder, shard_tokens, workers)
+        val_files = [p for p in files if split_of(p) == "val"]
+        train_files = [p for p in files if split_of(p) == "train"]
+        return prepare_stream(local_hub_documents(train_files), source, folder, shard_tokens,
+                              workers, local_hub_documents(val_files) if val_files else None)
     if source == DEFAULT_SOURCE:
         files = [gpt_download.fetch_data("tinyshakespeare.txt")]
     else:
@@ -217,11 +234,12 @@ def write_split(folder: Path, split: str, tokens: np.ndarray, shard_tokens: int)
 # ---------------------------------------------------------------------------------------------
 
 
-def hub_documents(repo: str, config: str | None) -> Iterator[str]:
-    """The "text" of every document of a Hub data set, streamed (nothing downloaded first)."""
+def hub_documents(repo: str, config: str | None, split: str = "train") -> Iterator[str]:
+    """The "text" of every document of one split of a Hub data set, streamed (nothing is
+    downloaded first)."""
     datasets = _import_datasets()
     try:
-        stream = datasets.load_dataset(repo, name=config, split="train", streaming=True)
+        stream = datasets.load_dataset(repo, name=config, split=split, streaming=True)
     except Exception as err:  # the library raises many kinds; all mean "cannot read it"
         raise CorpusError(f"cannot open {repo}{':' + config if config else ''} on the Hugging "
                           f"Face Hub ({type(err).__name__}: {err}). Check the name and your "
@@ -230,7 +248,9 @@ def hub_documents(repo: str, config: str | None) -> Iterator[str]:
 
 
 def local_hub_documents(files: list[Path]) -> Iterator[str]:
-    """The "text" of every document in a local copy of a Hub data set (parquet or json)."""
+    """The "text" of every document in some files of a local copy of a Hub data set."""
+    if not files:
+        raise CorpusError("a Hub-layout folder needs training files besides its validation ones")
     datasets = _import_datasets()
     kinds = {HUB_FILE_TYPES[p.suffix] for p in files}
     if len(kinds) > 1:
@@ -266,15 +286,19 @@ def tokenize_document(text: str) -> np.ndarray:
 
 
 def prepare_stream(documents: Iterable[str], source: str, folder: Path, shard_tokens: int,
-                   workers: int | None = None) -> Path:
-    """Cut a stream of documents into shards of `shard_tokens` tokens; shard 0 is validation.
+                   workers: int | None = None, val_documents: Iterable[str] | None = None
+                   ) -> Path:
+    """Cut a stream of documents into shards of `shard_tokens` tokens. `val_documents`, the
+    data set's own validation split, become the validation shards; without them the first
+    shard of `documents` is validation.
 
     The index records, after each shard, where the stream stands (the next document and how
     many of its tokens are already in shards), so a cut run skips what is written and
     continues with the next shard. A document that does not fit in a shard continues in the
     next one; the last shard holds what is left.
     """
-    settings = {"source": source, "shard_tokens": shard_tokens}
+    settings = {"source": source, "shard_tokens": shard_tokens,
+                "validation_split": val_documents is not None}
     index = read_index(folder) or {"settings": settings, "complete": False, "train": [],
                                    "val": [], "next_document": 0, "next_offset": 0}
     if index["settings"] != settings:
@@ -283,42 +307,57 @@ def prepare_stream(documents: Iterable[str], source: str, folder: Path, shard_to
     if index["complete"]:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    done = len(index["val"]) + len(index["train"])
-    buffer = np.empty(shard_tokens, dtype=TOKEN_DTYPE)
-    filled, document, skip = 0, index["next_document"], index["next_offset"]
     workers = workers or max(1, (os.cpu_count() or 1) - 1)
-    with multiprocessing.Pool(workers) as pool, \
-            tqdm(desc="tokenising", unit=" docs", initial=document) as bar:
-        stream = itertools.islice(documents, document, None)
-        for tokens in pool.imap(tokenize_document, stream, chunksize=16):
-            start = skip
-            skip = 0
+    with multiprocessing.Pool(workers) as pool:
+        if val_documents is not None and not index.get("val_complete"):
+            index["val"] = []  # a validation split cut short is tokenised again, whole
+            _shard_stream(pool, val_documents, folder, index, shard_tokens, "val", resume=False)
+            index["val_complete"] = True
+            write_index(folder, index)
+        _shard_stream(pool, documents, folder, index, shard_tokens,
+                      "train" if val_documents is not None else None, resume=True)
+    if not index["val"] or (val_documents is not None and not index["train"]):
+        raise CorpusError(f"{source} holds no documents" if not index["train"] else
+                          f"{source}'s validation split holds no documents")
+    index["complete"] = True
+    write_index(folder, index)
+    return folder
+
+
+def _shard_stream(pool, documents: Iterable[str], folder: Path, index: dict, shard_tokens: int,
+                  split: str | None, resume: bool) -> None:
+    """Tokenise `documents` into shards of `split` ("val" or "train"; None: the first shard
+    "val", the rest "train"), continuing where the index says when `resume`."""
+    buffer = np.empty(shard_tokens, dtype=TOKEN_DTYPE)
+    filled, document, skip = 0, 0, 0
+    if resume:
+        document, skip = index["next_document"], index["next_offset"]
+    with tqdm(desc=f"tokenising {split or ''}".strip(), unit=" docs", initial=document) as bar:
+        for tokens in pool.imap(tokenize_document, itertools.islice(documents, document, None),
+                                chunksize=16):
+            start, skip = skip, 0
             while start < len(tokens):
                 take = min(shard_tokens - filled, len(tokens) - start)
                 buffer[filled:filled + take] = tokens[start:start + take]
                 filled, start = filled + take, start + take
                 if filled == shard_tokens:
                     position = (document + 1, 0) if start == len(tokens) else (document, start)
-                    done = _add_shard(folder, index, done, buffer, *position)
+                    _add_shard(folder, index, split, buffer, position if resume else None)
                     filled = 0
             document += 1
             bar.update()
-            bar.set_postfix(shards=done, tokens=f"{done * shard_tokens + filled:,}", refresh=False)
     if filled:
-        done = _add_shard(folder, index, done, buffer[:filled], document, 0)
-    if not index["val"]:
-        raise CorpusError(f"{source} holds no documents")
-    index["complete"] = True
-    write_index(folder, index)
-    return folder
+        _add_shard(folder, index, split, buffer[:filled], (document, 0) if resume else None)
 
 
-def _add_shard(folder: Path, index: dict, number: int, tokens: np.ndarray,
-               next_document: int, next_offset: int) -> int:
-    """Write shard `number`, then record in the index where the stream continues after it:
-    the next document, and how many of its tokens are already written."""
-    split = "val" if number == 0 else "train"
+def _add_shard(folder: Path, index: dict, split: str | None, tokens: np.ndarray,
+               position: tuple[int, int] | None) -> None:
+    """Write the next shard of `split` (None: "val" for the very first shard, then "train"),
+    then record in the index where a resumed stream continues after it, `position`: the next
+    document, and how many of its tokens are already written."""
+    split = split or ("val" if not index["val"] else "train")
+    number = len(index["val"]) + len(index["train"])
     index[split].append(write_shard(folder, split, number, tokens))
-    index["next_document"], index["next_offset"] = next_document, next_offset
+    if position is not None:
+        index["next_document"], index["next_offset"] = position
     write_index(folder, index)
-    return number + 1

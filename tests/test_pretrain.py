@@ -14,6 +14,7 @@ import torch
 import gpt2
 import pretrain
 import token_shards
+from gpt2_fixtures import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 EOT = token_shards.EOT_ID
@@ -139,6 +140,29 @@ def test_a_cut_hub_run_resumes_at_the_next_shard_and_writes_none_twice(tmp_path,
     both = np.concatenate([shard_tokens(folder, "val"), shard_tokens(folder, "train")])
     assert np.array_equal(both, doc_tokens(DOCS))
 
+def test_a_data_sets_own_validation_split_is_the_validation_split(tmp_path):
+    """As TinyStories: validation files beside the training ones become the validation shards,
+    and every training document goes to training, none held out."""
+    pytest.importorskip("datasets")
+    source = write_hub_copy(tmp_path / "hub", "json", DOCS[:30])
+    lines = (json.dumps({"text": doc}) for doc in DOCS[30:40])
+    (source / "validation-00000.jsonl").write_text("\n".join(lines) + "\n")
+    folder = token_shards.prepare_tokens(str(source), tmp_path / "tokens", shard_tokens=500,
+                                         workers=1)
+    assert np.array_equal(shard_tokens(folder, "val"), doc_tokens(DOCS[30:40]))
+    assert np.array_equal(shard_tokens(folder, "train"), doc_tokens(DOCS[:30]))
+    assert token_shards.read_index(folder)["settings"]["validation_split"] is True
+
+
+def test_tinystories_validates_on_its_validation_split_and_fineweb_on_a_shard():
+    assert token_shards.parse_hub_name("tinystories") == ("roneneldan/TinyStories", None,
+                                                          "validation")
+    assert token_shards.parse_hub_name("fineweb-edu:sample-100BT")[2] is None
+    assert token_shards.split_of(Path("data/validation-00000-of-00001.parquet")) == "val"
+    assert token_shards.split_of(Path("validation/part-0.parquet")) == "val"
+    assert token_shards.split_of(Path("data/train-00000-of-00004.parquet")) == "train"
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedule and windows
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +265,46 @@ def refused(tmp_path: Path, capsys, corpus: Path, *args: str) -> str:
     assert err.splitlines()[-1].split("\r")[-1].startswith("error: ") and "Traceback" not in err
     assert not (tmp_path / "refused").exists()
     return err
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory) -> Path:
+    """Weights to continue from, in the shape of TINY (2 layers, 2 heads, 32 wide), context 32."""
+    cfg = {**gpt2.GPT_CONFIG_124M, "n_layers": 2, "n_heads": 2, "emb_dim": 32,
+           "context_length": 32}
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("init"), cfg)
+
+
+def test_init_from_starts_from_the_weights_and_takes_their_shape(tmp_path, corpus, tiny_init):
+    train(tmp_path, corpus, "--init-from", str(tiny_init), "--steps", "2", "--lr", "0",
+          "--min-lr", "0", "--eval-every", "2", "--dropout", "0")
+    trained, _ = gpt2.load_checkpoint(tmp_path / "run" / "model.pth")
+    start, _ = gpt2.load_checkpoint(tiny_init)
+    assert trained.cfg["context_length"] == 32  # the weights' positions, not --context 16
+    for name, value in start.state_dict().items():  # at learning rate 0 nothing moves
+        assert torch.equal(trained.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-layer", "3"], "--n-layer 3 contradicts --init-from"),
+    (["--model-size", "355M"], "--model-size 355M contradicts --init-from"),
+    (["--context", "64"], "longer than the 32 positions of --init-from"),
+])
+def test_init_from_refuses_flags_that_contradict_the_weights(tmp_path, capsys, corpus, tiny_init,
+                                                             args, message):
+    assert message in refused(tmp_path, capsys, corpus, "--init-from", str(tiny_init), *args)
+
+
+def test_init_from_a_missing_file_names_it(tmp_path, capsys, corpus):
+    assert "missing.pth" in refused(tmp_path, capsys, corpus, "--init-from",
+                                    str(tmp_path / "missing.pth"))
+
+
+def test_a_recipe_sets_defaults_that_flags_override():
+    args = pretrain.parse_args(["--recipe", "tinystories", "--steps", "10"])
+    assert (args.dataset, args.model_size, args.context, args.batch_tokens) == (
+        "tinystories", "124M", 1024, 512 * 1024)
+    assert args.weight_decay == 0.001 and args.compile and args.steps == 10
 
 
 @pytest.mark.parametrize("args, message", [
