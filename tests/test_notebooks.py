@@ -1,16 +1,18 @@
 """Runs every notebook of the course top to bottom in a fresh kernel, as a learner would.
 
-GPT2_QUICK=1 asks the chapters whose full run takes long to shrink it; the 0_Basics notebooks
-ignore it and run in full. The committed notebooks are not modified: they are executed in memory.
+They run through grade.py's runner, in a temporary copy of their chapter folder, which also
+grades them. GPT2_QUICK=1 asks the chapters whose full run takes long to shrink it; the 0_Basics
+notebooks ignore it and run in full. The committed notebooks are not modified: they are
+executed in memory.
 """
 import warnings
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import gpt_download
+import grade
 from gpt2_fixtures import random_tf_variables, tiny_hparams, write_tf_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,7 @@ NOTEBOOKS = sorted(ROOT.glob("[0-9]_*/*.ipynb"))
 # random checkpoint in OpenAI's format instead (see serve_small_gpt2).
 OPENAI_WEIGHTS_NOTEBOOKS = {"05b_openai_weights.ipynb", "05b_openai_weights_solutions.ipynb"}
 MODELS_HOST_PATH = "openaipublic.blob.core.windows.net/gpt-2/models"
+NOTEBOOK_TIMEOUT = 3600  # seconds for all the cells of one notebook together
 
 
 def serve_small_gpt2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,14 +40,17 @@ def serve_small_gpt2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPT2_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
+    """Run through grade.py, as a teacher grades: a solutions notebook passes every exercise
+    of its chapter, a chapter notebook (its answers left as None) checks every one and passes
+    none, and neither raises."""
     if path.name in OPENAI_WEIGHTS_NOTEBOOKS:
         serve_small_gpt2(tmp_path, monkeypatch)
-    notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=1200, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.execute()  # raises CellExecutionError, with the failing cell, on any error
+    graded = grade.grade_notebook(path, timeout=NOTEBOOK_TIMEOUT, quick=True)
+    assert graded.run.status == "ok", graded.run.detail
+    checked = {entry["exercise"] for entry in graded.run.verdicts}
+    assert set(graded.chapter.exercises) <= checked
+    passed = [result.exercise for result in graded.results if result.passed]
+    assert passed == (list(graded.chapter.exercises) if path.stem.endswith("_solutions") else [])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
