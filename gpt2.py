@@ -113,8 +113,8 @@ def get_tokenizer(bpe_dir: str | None = None) -> tiktoken.Encoding:
 
 
 def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding) -> torch.Tensor:
-    """Encode `text` as a batch of one: shape (1, n_tokens). <|endoftext|> is allowed."""
-    ids = tokenizer.encode(text, allowed_special={ENDOFTEXT})
+    """Encode `text` as a batch of one, (1, n_tokens); special tokens in it count as such."""
+    ids = tokenizer.encode(text, allowed_special="all")
     return torch.tensor(ids, dtype=torch.long).unsqueeze(0)
 
 

@@ -127,8 +127,9 @@ def matmul_seconds(dtype: torch.dtype, device: torch.device | str = "cpu",
     """Seconds one (m x k) @ (k x n) matmul takes in `dtype`: the median over as many runs as
     fit in about `seconds`, after one warm-up run."""
     m, k, n = shape
-    a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
+    rng = torch.Generator().manual_seed(0)  # its own: the caller's random stream stays as it was
+    a = torch.randn(m, k, generator=rng).to(device, dtype)
+    b = torch.randn(k, n, generator=rng).to(device, dtype)
     times, deadline = [], time.perf_counter() + seconds
     a @ b  # warm-up: first-call set-up is not the steady rate
     while not times or time.perf_counter() < deadline:

@@ -385,6 +385,7 @@ def training_state(trainer: Trainer, step: int, position: DataPosition, args: ar
     return {"config": trainer.raw.cfg, "model_state_dict": trainer.raw.state_dict(),
             "optimizer_state_dict": trainer.optimizer.state_dict(), "step": step,
             "data_position": [position.epoch, position.index], "rng_states": rngs,
+            "dtype": "bf16" if trainer.dtype == torch.bfloat16 else "fp32",  # what auto chose
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
 
 
@@ -627,7 +628,8 @@ def prepare_training(args: argparse.Namespace) -> tuple[Trainer, int, DataPositi
     if rank_dist.world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(model, raw, optimizer, train, val, rank_dist, args.batch_size, accum,
-                      autocast_dtype(args.dtype, device), args.seed, examples)
+                      autocast_dtype(resume["dtype"] if resume and "dtype" in resume
+                                     else args.dtype, device), args.seed, examples)
 
     log_path = args.out_dir / "log.jsonl"
     if is_main:

@@ -295,3 +295,11 @@ def test_a_real_matmul_timing_is_quick_and_positive():
     choice, rates = gpt2_fast.pick_training_dtype("cpu")
     assert choice in ("fp32", "bf16") and min(rates.values()) > 0
     assert time.perf_counter() - start < 30  # about half a second on an idle machine
+
+
+def test_timing_the_matmul_leaves_the_random_stream_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    gpt2_fast.matmul_seconds(torch.float32, "cpu", shape=(8, 8, 8), seconds=0.01)
+    assert torch.equal(torch.rand(3), expected)
