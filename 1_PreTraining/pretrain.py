@@ -179,7 +179,7 @@ def model_config(args: argparse.Namespace, init: gpt2.GPTModel | None = None) ->
     return {**base, "context_length": args.context, "drop_rate": args.dropout}
 
 
-def initial_weights(args: argparse.Namespace, parser_defaults: dict) -> gpt2.GPTModel | None:
+def initial_weights(args: argparse.Namespace) -> gpt2.GPTModel | None:
     """The model --init-from names (None without it), refused (UsageError) when a shape flag
     given on the command line contradicts it or its context is shorter than --context."""
     if args.init_from is None:
@@ -190,8 +190,9 @@ def initial_weights(args: argparse.Namespace, parser_defaults: dict) -> gpt2.GPT
         raise UsageError(f"--init-from: {err}") from None
     shape = {"n_layer": model.cfg["n_layers"], "n_head": model.cfg["n_heads"],
              "emb_dim": model.cfg["emb_dim"]}
+    parser = build_arg_parser()
     for flag, value in shape.items():
-        if getattr(args, flag) not in (value, parser_defaults[flag]):
+        if getattr(args, flag) not in (value, parser.get_default(flag)):
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)} contradicts "
                              f"--init-from {args.init_from}, which has {value}; drop the flag")
     if args.model_size and gpt2.MODEL_CONFIGS[args.model_size]["n_layers"] != shape["n_layer"]:
@@ -604,7 +605,7 @@ def prepare_training(args: argparse.Namespace) -> tuple[Trainer, int, DataPositi
     if device.type == "cuda":
         setup_cuda()
     accum = accumulation_steps(args.batch_tokens, args.batch_size, args.context, rank_dist.world)
-    init = initial_weights(args, build_arg_parser().parse_args([]).__dict__)
+    init = initial_weights(args)
     cfg = model_config(args, init)
     if init is not None:
         args.tie_weights = init.out_head.weight is init.tok_emb.weight

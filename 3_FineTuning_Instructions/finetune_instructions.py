@@ -32,7 +32,6 @@ import gpt_download
 import instruct
 import ollama_judge
 
-HERE = Path(__file__).resolve().parent
 
 
 def evaluate(model: gpt2.GPTModel, test_data: list[dict], tokenizer, device,
@@ -137,7 +136,7 @@ def write_outputs(out_dir: Path, model, with_responses, table, history, summary)
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--init", default=gpt2.base_model_setting("openai-355M"),
+    p.add_argument("--init", default=gpt2.base_model_setting(instruct.BOOK_BASE_MODEL),
                    help="openai-355M (the book's), openai-124M (for small machines), a .pth "
                         f"checkpoint such as {gpt_download.COURSE_CHECKPOINT}, or random")
     p.add_argument("--epochs", type=int, default=2)
@@ -187,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.test_entries)):
         parser.error("--train-entries, --val-entries and --test-entries must be at least 1")
     if args.out_dir is None:
-        name = Path(args.init).parent.name if args.init.endswith(".pth") else args.init
-        args.out_dir = HERE / "runs" / f"{name}-{args.format}"
+        args.out_dir = instruct.run_dir(args.init, args.format)
     gpt2_fast.tune_malloc()  # process-wide allocator setting: this script owns its process
     try:
         summary = run(args)

@@ -1,10 +1,9 @@
 """Chapter 7: fine-tuning GPT-2 to follow instructions, and scoring its answers.
 
 What 07_instruction_finetuning.ipynb builds, under the book's names: the Alpaca prompt format
-(`format_input`, shared with `python gpt2.py --instruction`) and a chat format with two new
-tokens, the data split, `InstructionDataset` and `custom_collate_fn`, generating answers, and
-judge-free scores (ROUGE-L, exact match, the loss on the reference answer). Training is
-`gpt2.train_model_simple`, as in the book; finetune_instructions.py is the command-line front.
+(`format_input`, shared with `python gpt2.py --instruction`), a chat format, the data split,
+`InstructionDataset` and `custom_collate_fn`, answers and judge-free scores (ROUGE-L, exact
+match, response loss). Training is `gpt2.train_model_simple`, as in the book.
 """
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import functools
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pandas as pd
@@ -28,6 +28,7 @@ from gpt2 import RESPONSE_HEADER, format_input
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # the chat format's turn markers
 IGNORE_INDEX = -100  # F.cross_entropy leaves out every target with this value
+BOOK_BASE_MODEL = "openai-355M"  # the model the book fine-tunes in chapter 7
 
 
 def _field(entry: dict, key: str) -> str:
@@ -91,8 +92,7 @@ def get_prompt_format(name: str) -> PromptFormat:
 
 def encode_entry(entry: dict, tokenizer: tiktoken.Encoding, prompt_format: str = "alpaca"
                  ) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids). Encoded apart, so training sees the prompt exactly as a
-    question is encoded when the model answers it."""
+    """(prompt ids, response ids), encoded apart: the prompt as it is when the model answers."""
     fmt = get_prompt_format(prompt_format)
     return (tokenizer.encode(fmt.prompt(entry), allowed_special="all"),
             tokenizer.encode(fmt.response(entry), allowed_special="all"))
@@ -205,8 +205,8 @@ def create_instruction_dataloader(data: list[dict], tokenizer: tiktoken.Encoding
 
 
 def extract_response(generated_text: str, prompt: str) -> str:
-    """The model's answer in `generated_text` (the prompt, then what the model wrote): up to
-    the first end-of-text or <|im_end|>, without the "### Response:" header, stripped."""
+    """The answer in `generated_text` (prompt, then the model's text): up to the first end token,
+    without the "### Response:" header, stripped."""
     text = generated_text[len(prompt):]
     for stop in (gpt2.ENDOFTEXT, IM_END):
         text = text.split(stop, 1)[0]
@@ -295,8 +295,7 @@ def exact_match(candidate: str, reference: str) -> bool:
 
 
 def evaluation_table(data: list[dict], responses: list[str], losses: list[float]):
-    """One row per entry (a pandas DataFrame): instruction, reference, the model's response,
-    its ROUGE-L F1 and exact match, and the loss on the reference response."""
+    """A DataFrame, one row per entry: instruction, reference, response, ROUGE-L, exact, loss."""
     references = [entry["output"] for entry in data]
     return pd.DataFrame({
         "instruction": [entry["instruction"] for entry in data],
@@ -336,11 +335,16 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 def load_instruction_data(tokenizer: tiktoken.Encoding, context_length: int,
                           prompt_format: str = "alpaca") -> tuple[list, list, list]:
-    """The book's 1,100 instructions as (train, test, validation), less the entries a model of
-    this context cannot learn from; each of those is reported on stderr."""
+    """The book's instructions as (train, test, validation), less those too long (on stderr)."""
     with open(gpt_download.fetch_data("instruction-data.json"), encoding="utf-8") as f:
         data = json.load(f)
     data, skipped = filter_instruction_data(data, tokenizer, context_length, prompt_format)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     return split_instruction_data(data)
+
+
+def run_dir(init: str, prompt_format: str = "alpaca") -> Path:
+    """finetune_instructions.py's output folder for a run from `init`: runs/<name>-<format>."""
+    name = Path(init).parent.name if init.endswith(".pth") else init
+    return Path(__file__).resolve().parent / "runs" / f"{name}-{prompt_format}"

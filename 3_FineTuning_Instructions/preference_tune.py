@@ -1,6 +1,6 @@
 """Preference-tune a chapter-7 model with DPO (chapter 7b) and measure what it changed.
 
-    python 3_FineTuning_Instructions/preference_tune.py          # the model finetune_instructions.py made
+    python 3_FineTuning_Instructions/preference_tune.py    # the model finetune_instructions.py made
     python 3_FineTuning_Instructions/preference_tune.py --policy runs/course-model-alpaca/model.pth
 
 The policy starts as a copy of the fine-tuned model, which stays frozen as the reference. The
@@ -33,9 +33,7 @@ MAKE_POLICY = f"python {HERE.name}/finetune_instructions.py"
 
 def default_policy() -> Path:
     """Where finetune_instructions.py writes its model for the current GPT2_BASE_MODEL."""
-    init = gpt2.base_model_setting("openai-355M")
-    name = Path(init).parent.name if init.endswith(".pth") else init
-    return HERE / "runs" / f"{name}-alpaca" / "model.pth"
+    return instruct.run_dir(gpt2.base_model_setting(instruct.BOOK_BASE_MODEL)) / "model.pth"
 
 
 def load_policy(path: Path, device: torch.device) -> gpt2.GPTModel:
@@ -144,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test pairs: chosen likelier than rejected {before['likelihood_accuracy']:.1%} -> "
           f"{after['likelihood_accuracy']:.1%}; reward accuracy {after['reward_accuracy']:.1%}, "
           f"margin {after['reward_margin']:.3f}")
-    print(f"ROUGE-L against chosen {before['rouge_l_chosen']:.3f} -> {after['rouge_l_chosen']:.3f}, "
+    print(f"ROUGE-L against chosen {before['rouge_l_chosen']:.3f} -> "
+          f"{after['rouge_l_chosen']:.3f}, "
           f"against rejected {before['rouge_l_rejected']:.3f} -> {after['rouge_l_rejected']:.3f}; "
           f"answers {before['answer_words']:.1f} -> {after['answer_words']:.1f} words; "
           f"{metrics['minutes']} min; outputs in {args.out}")
